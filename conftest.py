@@ -1,0 +1,40 @@
+"""Test-suite setup: no installed plugin leaks in unless a test asks for it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Must happen before invfp loads plugins: external auto-loading is off in tests.
+os.environ["INVFP_LOAD_PLUGINS"] = ""
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parent
+SHARED_DATA = REPO.parent / "shared" / "data" / "structrepgen_pt10"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The reference implementation's released Pt10 data; skips when ../shared is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_DATA} (../shared is absent)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def clean_plugins():
+    """A fresh plugin manager for the test, restored afterwards."""
+    from invfp import plugins
+
+    plugins.reset()
+    yield plugins
+    plugins.reset()

@@ -1,0 +1,3 @@
+from invfp.cli import main
+
+main()

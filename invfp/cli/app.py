@@ -1,0 +1,84 @@
+"""The typer application and the error-handling entry point.
+
+Subcommand modules must not import torch at module level: ``invfp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from invfp.errors import InvfpError
+
+app = typer.Typer(
+    name="invfp",
+    help="Turn structural fingerprints back into atoms, and generate new structures "
+    "with a target property.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    state["debug"] = debug
+
+
+# (module, attribute, command name); a sub-app when the attribute is a typer.Typer.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("invfp.cli.plugins_cmd", "plugins", "plugins"),
+    ("invfp.cli.version_cmd", "version", "version"),
+]
+
+
+def _install_commands() -> None:
+    for module_name, attr, command in COMMANDS:
+        obj = getattr(importlib.import_module(module_name), attr)
+        if isinstance(obj, typer.Typer):
+            app.add_typer(obj, name=command)
+        else:
+            app.command(command)(obj)
+
+
+_install_commands()
+
+
+def error(message: str, code: int = 2) -> None:
+    """Print a one-line error to stderr and exit with ``code`` (for CLI argument checks)."""
+    raise typer.Exit(_print_error(message, code))
+
+
+def _print_error(message: str, code: int) -> int:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
+    return code
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning errors into one line + exit code."""
+    debug = "--debug" in sys.argv
+    try:
+        app(prog_name="invfp")
+    except InvfpError as exc:
+        if debug:
+            raise
+        sys.exit(_print_error(str(exc), exc.exit_code))
+    except KeyboardInterrupt:
+        sys.exit(_print_error("interrupted; rerun the same command to resume where possible", 130))
+    except Exception as exc:  # noqa: BLE001 - no tracebacks for users unless --debug
+        if debug:
+            raise
+        sys.exit(
+            _print_error(
+                f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 70
+            )
+        )

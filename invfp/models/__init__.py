@@ -1,0 +1,1 @@
+"""Generative models of fingerprints conditioned on a property, and the surrogate."""

@@ -1,0 +1,1 @@
+"""Optimizers: batched reconstruction of positions from target fingerprints."""

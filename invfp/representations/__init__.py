@@ -1,0 +1,1 @@
+"""Representations: positions -> per-atom features -> pooled fingerprint R."""

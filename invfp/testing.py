@@ -1,0 +1,125 @@
+"""Conformance checks for plugin authors (and for invfp's own components).
+
+Call them from your plugin's tests, as dscribe's shared descriptor tests are called::
+
+    from invfp import testing
+    def test_my_representation():
+        testing.check_representation(MyRep(), ase.build.molecule("CH3CH2OH"))
+
+Each check raises ``AssertionError`` with a message naming the broken contract.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import ase
+
+
+def _rotation(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def _features(rep: Any, atoms: ase.Atoms, dtype: Any = None) -> np.ndarray:
+    import torch
+
+    pos = torch.as_tensor(atoms.positions[None], dtype=dtype or torch.float64)
+    cell = torch.as_tensor(atoms.cell.array[None], dtype=pos.dtype) if atoms.pbc.any() else None
+    with torch.no_grad():
+        out = rep(pos, torch.as_tensor(atoms.numbers), cell=cell, pbc=tuple(bool(p) for p in atoms.pbc))
+    return out[0].cpu().numpy()
+
+
+def check_representation(
+    rep: Any, atoms: ase.Atoms, *, rtol: float = 1e-6, atol: float = 1e-8, rattle: float = 0.02
+) -> None:
+    """Check the representation contract on one structure.
+
+    The structure is first rattled by ``rattle`` Å (seeded) so that symmetric
+    structures do not sit exactly on ties of max/min pooling or sorting, where the
+    fingerprint is not differentiable.
+
+    - the output has the declared dimension (``rep.dim(numbers)``), pooled ``[B, D]``
+      or per-atom ``[B, N, F]``; finite values;
+    - ``featurize`` agrees with the torch call;
+    - invariance to translation, rotation and permutation of same-element atoms (for a
+      periodic structure: translation and permutation, plus moving one atom by a lattice
+      vector);
+    - differentiable w.r.t. positions: the autograd gradient of a random projection
+      matches central finite differences.
+    """
+    import torch
+
+    from invfp.representations.base import Representation
+
+    assert isinstance(rep, Representation), f"{type(rep).__name__} does not derive from Representation"
+    atoms = atoms.copy()
+    if rattle:
+        atoms.rattle(stdev=rattle, seed=7)
+    periodic = bool(atoms.pbc.any())
+    base = _features(rep, atoms)
+    dim = rep.dim(atoms.numbers)
+    if rep.pooled:
+        assert base.shape == (dim,), f"pooled output shape {base.shape} != declared ({dim},)"
+    else:
+        assert base.shape == (len(atoms), dim), f"per-atom output shape {base.shape} != ({len(atoms)}, {dim})"
+    assert np.all(np.isfinite(base)), "output has non-finite values"
+
+    feat = rep.featurize(atoms)
+    np.testing.assert_allclose(feat, base, rtol=rtol, atol=atol, err_msg="featurize() differs from the torch call")
+
+    def compare(other: ase.Atoms, what: str, perm: np.ndarray | None = None) -> None:
+        got = _features(rep, other)
+        want = base if (rep.pooled or perm is None) else base[perm]
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"not invariant to {what}")
+
+    moved = atoms.copy()
+    moved.positions += np.array([0.731, -1.27, 2.05])
+    compare(moved, "translation")
+
+    if not periodic:
+        rotated = atoms.copy()
+        rotated.positions = atoms.positions @ _rotation(0).T
+        compare(rotated, "rotation")
+    else:
+        shifted = atoms.copy()
+        shifted.positions[0] += atoms.cell.array[0]
+        compare(shifted, "moving an atom by a lattice vector")
+
+    rng = np.random.default_rng(1)
+    perm = np.arange(len(atoms))
+    for z in np.unique(atoms.numbers):
+        idx = np.flatnonzero(atoms.numbers == z)
+        perm[idx] = rng.permutation(idx)
+    permuted = atoms[perm]
+    # per-atom rows follow the atoms: row k of the permuted structure is atom perm[k]
+    compare(permuted, "permutation of same-element atoms", perm)
+
+    if getattr(rep, "differentiable", True):
+        pos = torch.as_tensor(atoms.positions[None], dtype=torch.float64).requires_grad_(True)
+        cell = torch.as_tensor(atoms.cell.array[None], dtype=torch.float64) if periodic else None
+        numbers = torch.as_tensor(atoms.numbers)
+        pbc = tuple(bool(p) for p in atoms.pbc)
+        weights = torch.as_tensor(rng.normal(size=base.shape), dtype=torch.float64)
+
+        def scalar(p: torch.Tensor) -> torch.Tensor:
+            return (rep(p, numbers, cell=cell, pbc=pbc)[0] * weights).sum()
+
+        (grad,) = torch.autograd.grad(scalar(pos), pos)
+        assert grad.shape == pos.shape, "gradient has the wrong shape"
+        h = 1e-5
+        direction = torch.as_tensor(rng.normal(size=pos.shape), dtype=torch.float64)
+        with torch.no_grad():
+            fd = (scalar(pos + h * direction) - scalar(pos - h * direction)) / (2 * h)
+        an = (grad * direction).sum()
+        assert torch.isclose(an, fd, rtol=1e-4, atol=1e-6), (
+            f"gradient w.r.t. positions does not match finite differences: {an.item()} vs {fd.item()}"
+        )

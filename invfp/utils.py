@@ -1,0 +1,98 @@
+"""Small shared helpers: progress bars, atomic writes, device and seed handling."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from invfp.errors import ConfigError
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str, *, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar (M/N done, elapsed, time left); yields ``advance(n)``.
+
+    Disabled (a no-op) when ``enabled`` is false or when stderr is not a terminal and
+    ``INVFP_PROGRESS`` is not set to ``1``, so logs and tests stay clean.
+    """
+    show = enabled and (sys.stderr.isatty() or os.environ.get("INVFP_PROGRESS") == "1")
+    if not show:
+        yield lambda n=1: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
+    """Write a file atomically: ``write(tmp_path)`` then rename over ``path``.
+
+    A crash or an exception leaves either the old file or nothing, never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write text atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def resolve_device(device: Any = None) -> Any:
+    """A ``torch.device``: the one asked for, else CUDA when available, else CPU."""
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:0' or 'auto'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device; use 'cpu'")
+    return dev
+
+
+def make_generator(seed: int | None, device: Any = "cpu") -> Any:
+    """A ``torch.Generator`` on ``device``, seeded (or from fresh entropy when None)."""
+    import torch
+
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen

@@ -1,0 +1,1 @@
+"""Validators: accept or reject reconstructed structures, with a metric each."""
