@@ -1,0 +1,289 @@
+"""The end-to-end pipeline: generate → reconstruct → validate, streamed to a results store.
+
+A :class:`Pipeline` holds a representation, a fitted generative model (and optionally a
+surrogate), an optimizer, the *filters* (validators that decide acceptance) and an
+*oracle* (a validator whose value is the true property, e.g. EMT; it is recorded but
+never filters, so the share of accepted structures near the target is an honest
+measure). :meth:`Pipeline.run` works through targets × samples in chunks::
+
+    pipe = Pipeline(rep, generator, numbers=[78] * 10, cell=20.0, surrogate=surrogate)
+    pipe.calibrate(training_fingerprints, seed=0)      # the default loss threshold
+    with ResultsStore("runs/demo", config) as store:
+        result = pipe.run([1.5, 2.0, 2.5], n=100, store=store, seed=0)
+
+Each chunk (one target, ``chunk_size`` consecutive samples) draws its samples and its
+reconstruction starts from seeds derived from (seed, target index, chunk index) only,
+and is committed in one transaction; a rerun after an interruption skips the
+committed chunks and recomputes the missing ones identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from invfp.errors import ConfigError, InputError
+from invfp.results import ResultsStore, SampleRecord, summarize
+from invfp.validators.base import ValidationContext, Validator
+
+DEFAULT_FILTERS: tuple[str, ...] = ("loss-threshold", "geometry", "surrogate")
+"""Validators that decide acceptance by default (none of them sees the true property)."""
+
+
+def chunk_seeds(seed: int, target_index: int, chunk: int) -> tuple[int, int]:
+    """Seeds (sampling, reconstruction) of one chunk: a function of its identity only."""
+    state = np.random.SeedSequence([int(seed), int(target_index), int(chunk)]).generate_state(2)
+    return int(state[0]), int(state[1])
+
+
+def plan_chunks(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``(first sample, count)`` of each chunk of a target's ``n`` samples."""
+    if n < 1 or chunk_size < 1:
+        raise ConfigError(f"need n >= 1 and chunk_size >= 1, got n={n}, chunk_size={chunk_size}")
+    return [(start, min(chunk_size, n - start)) for start in range(0, n, chunk_size)]
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :meth:`Pipeline.run` returns."""
+
+    records: list[SampleRecord]
+    """Every sample of the run (resumed chunks included), by target then sample index."""
+    table: list[dict[str, Any]]
+    """Per target: generated, accepted, MAE and % within the window, all vs accepted."""
+    computed_chunks: int
+    """Chunks computed by this call (the rest were already stored)."""
+    skipped_chunks: int
+
+
+class Pipeline:
+    """Generate fingerprints for target properties, reconstruct them to atoms, validate.
+
+    Args:
+        representation: the representation the models were trained on (an object).
+        generator: a fitted generative model (``sample(y, n, seed=) -> [n, D]`` raw scale).
+        numbers: the composition of every generated structure (atomic numbers).
+        cell: the reconstruction cell (a number, three lengths or 3×3), or ``None``.
+        pbc: periodic directions.
+        surrogate: a fitted surrogate (``predict(R) -> [B]``), needed by the
+            ``surrogate`` filter.
+        optimizer: an optimizer name, with ``optimizer_options`` its parameters.
+        filters: validators (names or objects) that must all accept a structure.
+        oracle: a validator (name or object) whose ``value`` is the true property, or
+            ``None``; recorded for every sample, never used to filter.
+        property_name: the property the model is conditioned on.
+        window: half-width of the "within" band in the summary (property units).
+        loss_threshold: the ``loss-threshold`` filter's threshold when it has none of
+            its own; :meth:`calibrate` derives it from training structures.
+        feature_scale: per-feature weights of the reconstruction objective (see
+            :func:`invfp.reconstruct`); fix it (e.g. from training fingerprints) so that a
+            chunk's result does not depend on the other samples in it.
+        device: torch device for reconstruction (default: CUDA when available).
+        dtype: reconstruction dtype (default: the reconstruction's default).
+    """
+
+    def __init__(
+        self,
+        representation: Any,
+        generator: Any,
+        *,
+        numbers: Sequence[int],
+        cell: Any = None,
+        pbc: Any = False,
+        surrogate: Any = None,
+        optimizer: str = "adam-hopping",
+        optimizer_options: Mapping[str, Any] | None = None,
+        filters: Sequence[str | Validator] = DEFAULT_FILTERS,
+        oracle: str | Validator | None = "energy",
+        property_name: str = "formation_energy",
+        window: float = 0.1,
+        loss_threshold: float | None = None,
+        feature_scale: Any = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        from invfp.plugins import create
+
+        self.representation = representation
+        self.generator = generator
+        self.numbers = [int(z) for z in numbers]
+        self.cell = cell
+        self.pbc = pbc
+        self.surrogate = surrogate
+        self.optimizer = optimizer
+        self.optimizer_options = dict(optimizer_options or {})
+        self.filters: list[Validator] = [create("validator", v) for v in filters]
+        self.oracle: Validator | None = None if oracle is None else create("validator", oracle)
+        names = [v.name for v in self.filters] + ([self.oracle.name] if self.oracle else [])
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ConfigError(f"validator {duplicated[0]!r} is listed twice (filters and oracle must differ)")
+        if any(v.name == "surrogate" for v in self.filters) and surrogate is None:
+            raise ConfigError("the 'surrogate' filter needs a trained surrogate; pass surrogate= or drop the filter")
+        if not (window > 0 and math.isfinite(window)):
+            raise ConfigError(f"window must be a finite number > 0, got {window}")
+        self.property_name = property_name
+        self.window = float(window)
+        self.loss_threshold = loss_threshold
+        self.feature_scale = feature_scale
+        self.device = device
+        self.dtype = dtype
+
+    # -- pieces ----------------------------------------------------------------------
+    def reconstruct(self, fingerprints: np.ndarray, *, seed: int) -> list[Any]:
+        """Reconstruct ``fingerprints`` ``[B, D]`` with the pipeline's optimizer and settings."""
+        from invfp.reconstruction import reconstruct
+
+        return reconstruct(
+            fingerprints,
+            numbers=self.numbers,
+            cell=self.cell,
+            pbc=self.pbc,
+            representation=self.representation,
+            optimizer=self.optimizer,
+            seed=seed,
+            device=self.device,
+            dtype=self.dtype,
+            feature_scale=self.feature_scale,
+            progress=False,
+            **self.optimizer_options,
+        )
+
+    def calibrate(
+        self, fingerprints: np.ndarray, *, seed: int = 0, quantile: float = 0.9, factor: float = 2.0
+    ) -> dict[str, Any]:
+        """Derive the default loss threshold from fingerprints of real training structures.
+
+        A real structure's fingerprint is reachable, so its reconstruction loss shows
+        what the optimizer achieves on a valid fingerprint; the threshold is ``factor``
+        times the ``quantile`` of those losses. Sets :attr:`loss_threshold`.
+
+        Returns:
+            ``{"threshold", "losses", "quantile", "factor", "n"}`` (JSON-serialisable).
+        """
+        arr = np.asarray(fingerprints, dtype=float)
+        if arr.ndim != 2 or len(arr) == 0:
+            raise InputError(f"calibration needs fingerprints [B, D] of training structures, got shape {arr.shape}")
+        if not (0 < quantile <= 1) or not factor > 0:
+            raise ConfigError(f"calibration needs 0 < quantile <= 1 and factor > 0, got {quantile}, {factor}")
+        losses = [float(r.loss) for r in self.reconstruct(arr, seed=seed)]
+        threshold = float(factor * np.quantile(losses, quantile))
+        self.loss_threshold = threshold
+        return {"threshold": threshold, "losses": losses, "quantile": quantile, "factor": factor, "n": len(losses)}
+
+    def process_chunk(
+        self, target_index: int, target: float, chunk: int, first_sample: int, count: int, seed: int
+    ) -> list[SampleRecord]:
+        """Generate, reconstruct and validate one chunk; a pure function of its arguments."""
+        sample_seed, recon_seed = chunk_seeds(seed, target_index, chunk)
+        fingerprints = np.asarray(self.generator.sample(float(target), count, seed=sample_seed), dtype=float)
+        if fingerprints.shape[0] != count:
+            raise ConfigError(
+                f"model {getattr(self.generator, 'name', '?')!r} returned {fingerprints.shape[0]} samples, asked {count}"
+            )
+        results = self.reconstruct(fingerprints, seed=recon_seed)
+        structures = [r.atoms for r in results]
+        context = ValidationContext(
+            targets=[float(target)] * count,
+            losses=[float(r.loss) for r in results],
+            property_name=self.property_name,
+            extras={
+                "surrogate": self.surrogate,
+                "representation": self.representation,
+                "loss_threshold": self.loss_threshold,
+                "fingerprints": fingerprints,
+            },
+        )
+        verdicts: dict[str, list[Any]] = {}
+        for validator in self.filters + ([self.oracle] if self.oracle else []):
+            out = validator.validate(structures, context)
+            if len(out) != count:
+                raise ConfigError(f"validator {validator.name!r} returned {len(out)} verdicts for {count} structures")
+            verdicts[validator.name] = out
+        records = []
+        for k, result in enumerate(results):
+            mine = {name: out[k] for name, out in verdicts.items()}
+            true_value = mine[self.oracle.name].value if self.oracle else None
+            records.append(
+                SampleRecord(
+                    target_index=target_index,
+                    target=float(target),
+                    chunk=chunk,
+                    sample=first_sample + k,
+                    atoms=result.atoms,
+                    loss=float(result.loss),
+                    steps=int(result.steps),
+                    time=float(result.time),
+                    restart_losses=list(result.restart_losses),
+                    verdicts=mine,
+                    accepted=all(mine[v.name].accepted for v in self.filters),
+                    true_property=None if true_value is None else float(true_value),
+                )
+            )
+        return records
+
+    # -- the run ---------------------------------------------------------------------
+    def run(
+        self,
+        targets: Sequence[float],
+        n: int,
+        *,
+        store: ResultsStore | None = None,
+        seed: int = 0,
+        chunk_size: int = 25,
+        progress: bool = True,
+        summary_extra: Mapping[str, Any] | None = None,
+    ) -> RunResult:
+        """Run every target × ``n`` samples, chunk by chunk, streaming to ``store``.
+
+        Args:
+            targets: target property values.
+            n: samples per target.
+            store: where rows go (and which chunks exist already); ``None`` keeps
+                the records in memory only.
+            seed: the run's seed; with the store it makes reruns resume exactly.
+            chunk_size: samples per chunk (one reconstruction batch, one transaction).
+            progress: show a progress bar over samples.
+            summary_extra: more facts for ``summary.json`` (data, timings, ...).
+        """
+        from invfp.utils import progress_bar
+
+        targets = [float(t) for t in targets]
+        if not targets or not all(math.isfinite(t) for t in targets):
+            raise InputError(f"targets must be finite numbers, got {targets}")
+        plan = plan_chunks(int(n), int(chunk_size))
+        done = store.committed_chunks() if store is not None else set()
+        memory: list[SampleRecord] = []
+        computed = skipped = 0
+        with progress_bar(len(targets) * n, "generate → reconstruct → validate", enabled=progress) as advance:
+            for ti, target in enumerate(targets):
+                for chunk, (first, count) in enumerate(plan):
+                    if (ti, chunk) in done:
+                        skipped += 1
+                        advance(count)
+                        continue
+                    records = self.process_chunk(ti, target, chunk, first, count, seed)
+                    if store is not None:
+                        store.write_chunk(ti, chunk, records)
+                    else:
+                        memory.extend(records)
+                    computed += 1
+                    advance(count)
+        records = store.records() if store is not None else memory
+        table = summarize(records, targets, window=self.window)
+        if store is not None:
+            summary = {
+                "property": self.property_name,
+                "window": self.window,
+                "loss_threshold": self.loss_threshold,
+                "filters": [v.name for v in self.filters],
+                "oracle": self.oracle.name if self.oracle else None,
+                "targets": table,
+                **dict(summary_extra or {}),
+            }
+            store.write_outputs(records, summary)
+        return RunResult(records=records, table=table, computed_chunks=computed, skipped_chunks=skipped)
