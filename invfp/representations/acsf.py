@@ -1,0 +1,636 @@
+"""Behler atom-centred symmetry functions (ACSF) in torch: batched, differentiable, periodic.
+
+The per-atom functions follow dscribe's ``ACSF`` exactly (same keyword arguments, same
+feature order, same values), so the two are interchangeable:
+
+- G1 = sum_j f_c(r_ij)
+- G2 = sum_j exp(-eta (r_ij - R_s)^2) f_c(r_ij)                     (``g2_params=[[eta, R_s], ...]``)
+- G3 = sum_j cos(kappa r_ij) f_c(r_ij)                              (``g3_params=[kappa, ...]``)
+- G4 = 2^(1-zeta) sum_{j<k} (1 + lambda cos theta_ijk)^zeta
+  exp(-eta (r_ij^2 + r_ik^2 + r_jk^2)) f_c(r_ij) f_c(r_ik) f_c(r_jk)  (``g4_params=[[eta, zeta, lambda], ...]``)
+- G5 = the same as G4 without the r_jk terms                       (``g5_params=[[eta, zeta, lambda], ...]``)
+
+Order of the per-atom vector (dscribe's): for each neighbour element (sorted atomic
+numbers) the block [G1, G2..., G3...]; then for each unordered neighbour-element pair
+(a, b) with a >= b, in the order (0,0), (1,0), (1,1), (2,0), (2,1), (2,2), ... the block
+[G4..., G5...].
+
+The ``fung2022`` preset reproduces the StructRepGen reference (Fung et al., MLST 2022):
+no G1, the paper's G2 and G5 grids, r_c = 20 Å, home cell only, and the reference's
+channel interleaving (feature index = parameter index * n_channels + channel, channels
+being the sorted elements for G2 and ``itertools.combinations_with_replacement`` of them
+for G5).
+
+Pooling turns the per-atom ``[B, N, F]`` into one vector per structure: ``"maxmin"``
+(the paper's [max over atoms, then min over atoms], ``2F`` values), ``"mean"`` or
+``"sum"`` (``F`` values); ``pooling=None`` returns the per-atom features.
+
+Periodic structures (``periodic=True`` and a ``pbc`` direction set): every periodic
+image within the cutoff is a neighbour, including images of the atom itself, however
+large the cutoff is compared with the cell. With ``periodic=False`` the cell and pbc are
+ignored (the paper's "home cell only" mode).
+
+The implementation is dense: displacements ``[B, N, M, 3]`` from each atom to its M
+candidate neighbours (all atoms, plus images for periodic input), radial terms
+``[B, N, M, F]`` and angular terms ``[B, N, C, M, M]``, contracted with matrix products.
+There are no Python loops over atoms or structures, so a batch of thousands of small
+clusters runs as a handful of large tensor operations, forward and backward.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from invfp.components import Param
+from invfp.errors import ConfigError, InputError
+from invfp.representations.base import Representation
+
+__all__ = ["ACSF", "FUNG2022"]
+
+_FUNG_G2_ETA = (0.01, 0.06, 0.1, 0.2, 0.4, 0.7, 1.0, 2.0, 3.5, 5.0)
+_FUNG_G2_RS = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
+_FUNG_G5_ZETA = (1.0, 2.0, 4.0, 16.0, 64.0)
+_FUNG_G5_LAMBDA = (-1.0, 1.0)
+_FUNG_G5_ETA = (0.06, 0.1, 0.2, 0.4, 1.0)
+
+FUNG2022: dict[str, Any] = {
+    "r_cut": 20.0,
+    "g2_params": [[eta, rs] for eta in _FUNG_G2_ETA for rs in _FUNG_G2_RS],
+    "g3_params": [],
+    "g4_params": [],
+    "g5_params": [[eta, z, lam] for z in _FUNG_G5_ZETA for lam in _FUNG_G5_LAMBDA for eta in _FUNG_G5_ETA],
+    "periodic": False,
+    "pooling": "maxmin",
+    "cutoff": "cosine",
+}
+"""The paper's settings (StructRepGen's ``unittest_behler.yaml``): 140 G2 + 50 G5 per atom."""
+
+PRESETS: dict[str, dict[str, Any]] = {"fung2022": FUNG2022}
+_PRESET_FREE = ("species", "pooling", "periodic", "preset")
+"""Parameters a preset leaves to the caller; the others are fixed by the preset."""
+
+
+def _check_pairs(width: int, names: str) -> Any:
+    def check(value: Any) -> str | None:
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            return f"must be a list of [{names}] lists of numbers"
+        if arr.size == 0:
+            return None
+        if arr.ndim != 2 or arr.shape[1] != width:
+            return f"must be a list of [{names}] lists (shape [n, {width}])"
+        if not np.all(np.isfinite(arr)):
+            return "must contain finite numbers"
+        if np.any(arr[:, 0] <= 0):
+            return "needs eta > 0 (first column)"
+        if width == 3:
+            if np.any(arr[:, 1] <= 0):
+                return "needs zeta > 0 (second column)"
+            if np.any(np.abs(arr[:, 2]) > 1):
+                return "needs |lambda| <= 1 (third column; usually -1 or 1)"
+        return None
+
+    return check
+
+
+def _check_kappas(value: Any) -> str | None:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return "must be a list of numbers (kappa values)"
+    if arr.size and (arr.ndim != 1 or not np.all(np.isfinite(arr))):
+        return "must be a flat list of finite numbers (kappa values)"
+    return None
+
+
+def _check_r_cut(value: Any) -> str | None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        return "must be a finite number > 0 (Å)"
+    return None
+
+
+def _check_species(value: Any) -> str | None:
+    try:
+        _species_numbers(value)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _species_numbers(species: Any) -> list[int]:
+    """Sorted unique atomic numbers from numbers or chemical symbols (as dscribe)."""
+    from ase.data import atomic_numbers as symbol_to_z
+
+    if isinstance(species, (str, bytes)) or not hasattr(species, "__iter__"):
+        raise ConfigError("must be a list of chemical symbols or atomic numbers, e.g. ['H', 'O']")
+    out = set()
+    for s in species:
+        if isinstance(s, str):
+            if s not in symbol_to_z or symbol_to_z[s] == 0:
+                raise ConfigError(f"has an unknown chemical symbol {s!r}")
+            out.add(int(symbol_to_z[s]))
+        elif isinstance(s, (int, np.integer)) and not isinstance(s, bool) and 1 <= int(s) <= 118:
+            out.add(int(s))
+        else:
+            raise ConfigError(f"has {s!r}, which is neither a chemical symbol nor an atomic number 1-118")
+    if not out:
+        raise ConfigError("must name at least one element")
+    return sorted(out)
+
+
+def _as_float_list(value: Any) -> list[Any]:
+    return np.asarray(value if value is not None else [], dtype=np.float64).tolist()
+
+
+class ACSF(Representation):
+    """Behler atom-centred symmetry functions, dscribe-compatible (see the module docstring).
+
+    Example::
+
+        rep = ACSF(preset="fung2022")                   # the paper's 380-value Pt10 fingerprint
+        rep = ACSF(species=["H", "C", "O"], r_cut=6.0, g2_params=[[1.0, 0.0]],
+                   g4_params=[[0.01, 1.0, -1.0]], pooling=None)
+        R = rep(positions, numbers)                     # positions [B, N, 3] -> [B, D]
+    """
+
+    name: ClassVar[str] = "acsf"
+    description: ClassVar[str] = (
+        "Behler atom-centred symmetry functions in torch (dscribe-compatible, batched, periodic)."
+    )
+    parameters: ClassVar[dict[str, Param]] = {
+        "species": Param(
+            None,
+            "Elements (symbols or atomic numbers) that can occur; sets the element channels. "
+            "Optional only with a preset, where it defaults to the elements of the structure.",
+            check=_check_species,
+        ),
+        "r_cut": Param(None, "Cutoff radius in Å (required without a preset).", check=_check_r_cut),
+        "g2_params": Param(None, "G2 radial terms: [[eta, R_s], ...].", check=_check_pairs(2, "eta, R_s")),
+        "g3_params": Param(None, "G3 radial terms: [kappa, ...].", check=_check_kappas),
+        "g4_params": Param(
+            None,
+            "G4 angular terms (with r_jk): [[eta, zeta, lambda], ...].",
+            check=_check_pairs(3, "eta, zeta, lambda"),
+        ),
+        "g5_params": Param(
+            None,
+            "G5 angular terms (no r_jk): [[eta, zeta, lambda], ...].",
+            check=_check_pairs(3, "eta, zeta, lambda"),
+        ),
+        "periodic": Param(
+            False,
+            "Use all periodic images within the cutoff (else the home cell only).",
+            choices=(False, True),
+        ),
+        "pooling": Param(
+            "maxmin",
+            "How per-atom features become one vector: maxmin ([max, min] over atoms), mean, sum, "
+            "or None for per-atom output.",
+            choices=("maxmin", "mean", "sum", None),
+        ),
+        "cutoff": Param(
+            "cosine",
+            "Cutoff function: cosine 0.5 (cos(pi r / r_c) + 1) (dscribe's), or polynomial "
+            "1 - 10x^3 + 15x^4 - 6x^5 with x = r / r_c (smooth to the second derivative).",
+            choices=("cosine", "polynomial"),
+        ),
+        "preset": Param(
+            None, "Named settings: fung2022 (the paper's Pt10 fingerprint).", choices=(None, "fung2022")
+        ),
+    }
+
+    def __init__(
+        self,
+        *,
+        species: Sequence[int | str] | None = None,
+        r_cut: float | None = None,
+        g2_params: Sequence[Sequence[float]] | None = None,
+        g3_params: Sequence[float] | None = None,
+        g4_params: Sequence[Sequence[float]] | None = None,
+        g5_params: Sequence[Sequence[float]] | None = None,
+        periodic: bool = False,
+        pooling: str | None = "maxmin",
+        cutoff: str = "cosine",
+        preset: str | None = None,
+    ) -> None:
+        super().__init__()
+        given = {
+            "species": species,
+            "r_cut": r_cut,
+            "g2_params": g2_params,
+            "g3_params": g3_params,
+            "g4_params": g4_params,
+            "g5_params": g5_params,
+            "periodic": periodic,
+            "pooling": pooling,
+            "cutoff": cutoff,
+            "preset": preset,
+        }
+        params = self.resolve_params(given)
+        if preset is not None:
+            params = self._apply_preset(preset, given)
+        elif params["species"] is None:
+            raise ConfigError(
+                "acsf needs species=[...] (the elements that can occur) and r_cut=...; "
+                "or use preset='fung2022' for the paper's fingerprint"
+            )
+        elif params["r_cut"] is None:
+            raise ConfigError("acsf needs r_cut=... (the cutoff radius in Å)")
+        for key in ("g2_params", "g3_params", "g4_params", "g5_params"):
+            params[key] = _as_float_list(params[key])
+        params["r_cut"] = float(params["r_cut"])
+        if params["species"] is not None:
+            params["species"] = _species_numbers(params["species"])
+        self.params = params
+        self.species: list[int] | None = params["species"]
+        self.r_cut: float = params["r_cut"]
+        self.periodic: bool = bool(params["periodic"])
+        self.pooling: str | None = params["pooling"]
+        self.cutoff: str = params["cutoff"]
+        self.preset: str | None = params["preset"]
+        # fung2022 uses the reference's layout: no G1, element channels interleaved.
+        self._layout = "fung2022" if preset == "fung2022" else "dscribe"
+
+        g2 = torch.tensor(params["g2_params"], dtype=torch.float64).reshape(-1, 2)
+        g3 = torch.tensor(params["g3_params"], dtype=torch.float64).reshape(-1)
+        self.register_buffer("_g2_eta", g2[:, 0].contiguous(), persistent=False)
+        self.register_buffer("_g2_rs", g2[:, 1].contiguous(), persistent=False)
+        self.register_buffer("_g3_kappa", g3, persistent=False)
+        self._g4 = _AngularTerms(params["g4_params"], self, "g4")
+        self._g5 = _AngularTerms(params["g5_params"], self, "g5")
+        self.n_radial = (0 if self._layout == "fung2022" else 1) + len(g2) + len(g3)
+        """Radial values per neighbour element."""
+        self.n_angular = self._g4.n + self._g5.n
+        """Angular values per neighbour-element pair."""
+
+    # -- construction helpers -------------------------------------------------------
+    @classmethod
+    def fung2022(cls, **overrides: Any) -> ACSF:
+        """The paper's fingerprint (Fung et al. 2022): ``ACSF(preset="fung2022", **overrides)``."""
+        return cls(preset="fung2022", **overrides)
+
+    def _apply_preset(self, preset: str, given: dict[str, Any]) -> dict[str, Any]:
+        values = dict(PRESETS[preset])
+        defaults = {k: p.default for k, p in self.parameters.items()}
+        for key, value in given.items():
+            if key in _PRESET_FREE:
+                if key in ("pooling", "periodic") and value == defaults[key]:
+                    continue
+                values[key] = value
+            elif value is not None and value != defaults[key] and not _same(value, values[key]):
+                raise ConfigError(
+                    f"preset {preset!r} fixes {key} (= {values[key]!r}); drop preset=... to set "
+                    f"{key} yourself, or pass only {', '.join(_PRESET_FREE[:-1])} with the preset"
+                )
+        values["preset"] = preset
+        values.setdefault("species", None)
+        return {k: values.get(k, defaults[k]) for k in self.parameters}
+
+    # -- the Representation interface ----------------------------------------------
+    def dim(self, numbers: Sequence[int] | np.ndarray | torch.Tensor) -> int:
+        """Length of the pooled vector (or of the per-atom vector with ``pooling=None``)."""
+        n_el = len(self._species_for(numbers))
+        per_atom = self.n_radial * n_el + self.n_angular * (n_el * (n_el + 1) // 2)
+        return 2 * per_atom if self.pooling == "maxmin" else per_atom
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        numbers: torch.Tensor | Sequence[int],
+        cell: torch.Tensor | None = None,
+        pbc: bool | Sequence[bool] = False,
+    ) -> torch.Tensor:
+        """ACSF of a batch of structures of one composition.
+
+        Args:
+            positions: ``[B, N, 3]`` Cartesian positions in Å (float32 or float64).
+            numbers: ``[N]`` atomic numbers (or ``[B, N]`` with identical rows).
+            cell: ``[3, 3]`` or ``[B, 3, 3]`` lattice vectors as rows; used only with
+                ``periodic=True`` and a periodic direction.
+            pbc: periodic directions (a bool or three).
+
+        Returns:
+            ``[B, D]`` pooled features, or ``[B, N, F]`` with ``pooling=None``.
+
+        Raises:
+            InputError: wrong shapes, non-finite positions, several compositions in one
+                batch, an element outside ``species``, a missing or singular cell.
+        """
+        positions, z = self._check_input(positions, numbers)
+        species = self._species_for(z)
+        channel = _channels(z, species, positions.device)
+        pbc_dirs = _pbc_tuple(pbc)
+        if self.periodic and any(pbc_dirs):
+            disp, column_channel, valid = self._periodic_neighbours(positions, cell, pbc_dirs, channel)
+        else:
+            disp = positions[:, None, :, :] - positions[:, :, None, :]
+            n = positions.shape[1]
+            valid = ~torch.eye(n, dtype=torch.bool, device=positions.device)
+            column_channel = channel
+        feats = self._per_atom(disp, valid, column_channel, len(species))
+        if self.pooling is None:
+            return feats
+        if self.pooling == "maxmin":
+            return torch.cat([feats.amax(dim=1), feats.amin(dim=1)], dim=-1)
+        if self.pooling == "mean":
+            return feats.mean(dim=1)
+        return feats.sum(dim=1)
+
+    # -- input handling ---------------------------------------------------------------
+    def _check_input(self, positions: Any, numbers: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(positions, torch.Tensor):
+            positions = torch.as_tensor(np.asarray(positions, dtype=np.float64))
+        if positions.ndim != 3 or positions.shape[-1] != 3:
+            raise InputError(
+                f"positions must have shape [B, N, 3] (a batch of structures); got {list(positions.shape)}"
+                + ("; add a batch axis with positions[None]" if positions.ndim == 2 else "")
+            )
+        if not positions.is_floating_point():
+            raise InputError(f"positions must be float32 or float64, not {positions.dtype}")
+        if positions.shape[1] == 0:
+            raise InputError("a structure needs at least one atom")
+        if not bool(torch.isfinite(positions).all()):
+            raise InputError("positions contain NaN or infinite values")
+        z = torch.as_tensor(numbers.detach() if isinstance(numbers, torch.Tensor) else np.asarray(numbers))
+        if z.is_floating_point() or z.dtype == torch.bool:
+            if z.is_floating_point() and bool((z != z.round()).any()):
+                raise InputError("numbers must be integer atomic numbers")
+            z = z.long()
+        if z.ndim == 2:
+            if z.shape[0] not in (1, positions.shape[0]) or bool((z != z[:1]).any()):
+                raise InputError(
+                    "all structures in one batch must have the same composition in the same atom order; "
+                    "group structures by composition (featurize() does this for you)"
+                )
+            z = z[0]
+        if z.ndim != 1 or z.shape[0] != positions.shape[1]:
+            raise InputError(
+                f"numbers must have shape [N] = [{positions.shape[1]}] to match positions; got {list(z.shape)}"
+            )
+        return positions, z.cpu().long()
+
+    def _species_for(self, numbers: Any) -> list[int]:
+        present = sorted({int(v) for v in np.asarray(torch.as_tensor(numbers).cpu()).reshape(-1)})
+        if self.species is None:
+            return present
+        missing = [z for z in present if z not in self.species]
+        if missing:
+            from ase.data import chemical_symbols
+
+            names = ", ".join(
+                chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in missing
+            )
+            known = ", ".join(chemical_symbols[z] for z in self.species)
+            raise InputError(
+                f"element(s) {names} not in this ACSF's species ({known}); add them to species=[...]"
+            )
+        return list(self.species)
+
+    def _periodic_neighbours(
+        self, positions: torch.Tensor, cell: Any, pbc_dirs: tuple[bool, bool, bool], channel: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Displacements to every periodic image within the cutoff, as dense columns."""
+        b, n, _ = positions.shape
+        if cell is None:
+            raise InputError("periodic=True with pbc set needs a cell ([3, 3] or [B, 3, 3] lattice vectors)")
+        cell = torch.as_tensor(cell, dtype=positions.dtype, device=positions.device)
+        if cell.shape == (3, 3):
+            cell = cell.expand(b, 3, 3)
+        if cell.shape != (b, 3, 3):
+            raise InputError(
+                f"cell must have shape [3, 3] or [B, 3, 3] = [{b}, 3, 3]; got {list(cell.shape)}"
+            )
+        if not bool(torch.isfinite(cell).all()):
+            raise InputError("the cell contains NaN or infinite values")
+        det = torch.linalg.det(cell.detach().double())
+        scale = cell.detach().double().norm(dim=-1).prod(dim=-1)
+        if bool((det.abs() <= 1e-10 * scale.clamp_min(1e-300)).any()):
+            raise InputError(
+                "the cell is singular (zero volume) but pbc is set; give three independent lattice "
+                "vectors (e.g. atoms.center(vacuum=...)) or set pbc=False"
+            )
+        inv = torch.linalg.inv(cell)
+        pbc_mask = torch.tensor(pbc_dirs, dtype=positions.dtype, device=positions.device)
+        disp = positions[:, None, :, :] - positions[:, :, None, :]  # [B, N_i, N_j, 3]: x_j - x_i
+        # Wrap each pair to its nearest image first (a constant shift: no gradient needed),
+        # so images with |n_a| <= r_cut / h_a + 1/2 reach every neighbour within the cutoff.
+        frac = torch.einsum("bijx,bxy->bijy", disp, inv)
+        wrap = torch.round(frac.detach()) * pbc_mask
+        disp = disp - torch.einsum("bijy,byx->bijx", wrap, cell)
+        spacing = 1.0 / inv.detach().double().norm(dim=1)  # plane spacings h_a, [B, 3]
+        reach = torch.ceil(self.r_cut / spacing + 0.5).amax(dim=0).long().tolist()
+        ranges = [range(-k, k + 1) if p else range(1) for k, p in zip(reach, pbc_dirs, strict=True)]
+        shifts = torch.tensor(
+            list(itertools.product(*ranges)), dtype=positions.dtype, device=positions.device
+        )
+        offsets = torch.einsum("sy,byx->bsx", shifts, cell)  # [B, S, 3]
+        ext = disp[:, :, None, :, :] + offsets[:, None, :, None, :]  # [B, N_i, S, N_j, 3]
+        n_shift = shifts.shape[0]
+        ext = ext.reshape(b, n, n_shift * n, 3)
+        zero = int((shifts.abs().sum(dim=1) == 0).nonzero()[0, 0])
+        col = torch.arange(n_shift * n, device=positions.device)
+        self_mask = col[None, :] == (zero * n + torch.arange(n, device=positions.device))[:, None]  # [N, M]
+        r2 = (ext.detach() ** 2).sum(-1)
+        near = (r2 <= self.r_cut**2) & ~self_mask
+        keep = near.any(dim=1).any(dim=0).nonzero().squeeze(1)
+        return ext[:, :, keep], channel.repeat(n_shift)[keep], ~self_mask[:, keep]
+
+    # -- the functions ----------------------------------------------------------------
+    def _cutoff_fn(self, r: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        x = r / self.r_cut
+        if self.cutoff == "cosine":
+            fc = 0.5 * (torch.cos(math.pi * x) + 1.0)
+        else:
+            fc = 1.0 + x**3 * (-10.0 + x * (15.0 - 6.0 * x))
+        return torch.where(inside, fc, torch.zeros((), dtype=r.dtype, device=r.device))
+
+    def _per_atom(
+        self, disp: torch.Tensor, valid: torch.Tensor, channel: torch.Tensor, n_el: int
+    ) -> torch.Tensor:
+        """Per-atom features from displacements ``[B, N, M, 3]`` to candidate neighbours.
+
+        ``valid`` ``[N, M]`` marks real neighbours (not the atom itself); ``channel``
+        ``[M]`` is each column's element index.
+        """
+        dtype = disp.dtype
+        r2 = (disp * disp).sum(-1)  # [B, N, M]
+        # Mask before sqrt: sqrt(0) on the diagonal would give NaN gradients.
+        one = torch.ones((), dtype=dtype, device=disp.device)
+        r = torch.sqrt(torch.where(valid, r2, one))
+        inside = valid & (r <= self.r_cut)
+        fc = self._cutoff_fn(r, inside)
+        onehot = torch.nn.functional.one_hot(channel, n_el).to(dtype)  # [M, S]
+
+        radial = []
+        if self._layout == "dscribe":
+            radial.append(fc[..., None])
+        if self._g2_eta.numel():
+            eta = self._g2_eta.to(dtype)
+            rs = self._g2_rs.to(dtype)
+            radial.append(torch.exp(-eta * (r[..., None] - rs) ** 2) * fc[..., None])
+        if self._g3_kappa.numel():
+            radial.append(torch.cos(r[..., None] * self._g3_kappa.to(dtype)) * fc[..., None])
+        parts = []
+        if radial:
+            rad = torch.cat(radial, dim=-1) if len(radial) > 1 else radial[0]
+            per_el = torch.einsum("bimf,ms->bisf", rad, onehot)  # [B, N, S, Fr]
+            parts.append(per_el)
+        ang_parts = []
+        if self._g4.n or self._g5.n:
+            dots = disp @ disp.transpose(-1, -2)  # [B, N, M, M]: d_ij . d_ik
+            inv_r = torch.where(inside, 1.0 / r, torch.zeros((), dtype=dtype, device=disp.device))
+            cos = dots * inv_r[..., :, None] * inv_r[..., None, :]
+            m = disp.shape[2]
+            offdiag = ~torch.eye(m, dtype=torch.bool, device=disp.device)
+            pairs = _pair_index(n_el, self._layout, disp.device)
+            for terms in (self._g4, self._g5):
+                if terms.n:
+                    ang_parts.append(terms(cos, r2, fc, inside, offdiag, onehot, pairs))
+        return self._assemble(parts, ang_parts)
+
+    def _assemble(self, radial: list[torch.Tensor], angular: list[torch.Tensor]) -> torch.Tensor:
+        blocks = []
+        if radial:
+            rad = radial[0]  # [B, N, S, Fr]
+            if self._layout == "fung2022":
+                rad = rad.transpose(-1, -2)
+            blocks.append(rad.flatten(2))
+        if angular:
+            ang = torch.cat(angular, dim=-1) if len(angular) > 1 else angular[0]  # [B, N, P, Fa]
+            if self._layout == "fung2022":
+                ang = ang.transpose(-1, -2)
+            blocks.append(ang.flatten(2))
+        return torch.cat(blocks, dim=-1) if len(blocks) > 1 else blocks[0]
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.params.items() if k not in ("g2_params", "g5_params"))
+
+
+class _AngularTerms(torch.nn.Module):
+    """G4 or G5 terms on the grid of their unique (zeta, lambda) and eta values."""
+
+    def __init__(self, params: list[list[float]], owner: ACSF, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.n = len(params)
+        self.owner_cutoff = owner._cutoff_fn
+        self.r_cut = owner.r_cut
+        arr = np.asarray(params, dtype=np.float64).reshape(-1, 3)
+        combos = sorted({(z, lam) for _, z, lam in arr})
+        etas = sorted({eta for eta, _, _ in arr})
+        self.register_buffer("eta", torch.tensor(etas, dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "zeta", torch.tensor([c[0] for c in combos], dtype=torch.float64), persistent=False
+        )
+        self.register_buffer(
+            "lam", torch.tensor([c[1] for c in combos], dtype=torch.float64), persistent=False
+        )
+        self.register_buffer(
+            "combo_idx",
+            torch.tensor([combos.index((z, lam)) for _, z, lam in arr], dtype=torch.long),
+            persistent=False,
+        )
+        self.register_buffer(
+            "eta_idx",
+            torch.tensor([etas.index(eta) for eta, _, _ in arr], dtype=torch.long),
+            persistent=False,
+        )
+        self.integer_zeta = all(float(z).is_integer() for z, _ in combos)
+
+    def _angle_terms(self, cos: torch.Tensor) -> torch.Tensor:
+        """2 (0.5 (1 + lambda cos))^zeta for each (zeta, lambda): [B, N, C, M, M]."""
+        lam = self.lam.to(cos.dtype)[:, None, None]
+        base = (0.5 * (1.0 + lam * cos[:, :, None])).clamp_min(0.0)
+        return 2.0 * base ** self.zeta.to(cos.dtype)[:, None, None]
+
+    def forward(
+        self,
+        cos: torch.Tensor,
+        r2: torch.Tensor,
+        fc: torch.Tensor,
+        inside: torch.Tensor,
+        offdiag: torch.Tensor,
+        onehot: torch.Tensor,
+        pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """Angular features per neighbour-element pair: ``[B, N, P, n_params]``."""
+        dtype = cos.dtype
+        ang = self._angle_terms(cos) * offdiag  # j == k is not a pair
+        g = torch.exp(-r2[..., None] * self.eta.to(dtype)) * fc[..., None]  # [B, N, M, E]
+        h = g[..., None, :] * onehot[:, :, None]  # [B, N, M, S, E]
+        b, n, m, s, e = h.shape
+        if self.kind == "g4":
+            # r_jk^2 = r_ij^2 + r_ik^2 - 2 d_ij.d_ik; the (j, k) factor exp(-eta r_jk^2) fc(r_jk).
+            rij = torch.sqrt(torch.where(inside, r2, torch.ones((), dtype=dtype, device=r2.device)))
+            dots = cos * rij[..., :, None] * rij[..., None, :]
+            rjk2 = (r2[..., :, None] + r2[..., None, :] - 2.0 * dots).clamp_min(0.0)
+            pair_ok = offdiag & inside[..., :, None] & inside[..., None, :]
+            one = torch.ones((), dtype=dtype, device=r2.device)
+            rjk = torch.sqrt(torch.where(pair_ok, rjk2, one))
+            fjk = self.owner_cutoff(rjk, pair_ok & (rjk <= self.r_cut))
+            w = torch.exp(-rjk2[..., None, :, :] * self.eta.to(dtype)[:, None, None]) * fjk[..., None, :, :]
+            full = ang[:, :, :, None] * w[:, :, None]  # [B, N, C, E, M, M]
+            hk = h.permute(0, 1, 4, 2, 3)[:, :, None]  # [B, N, 1, E, M, S]
+            t = full @ hk  # [B, N, C, E, M, S]
+            a = torch.einsum("bicejt,bijse->bistce", t, h)
+        else:
+            hk = h.reshape(b, n, 1, m, s * e)
+            t = (ang @ hk).reshape(b, n, -1, m, s, e)  # [B, N, C, M, T, E]
+            a = torch.einsum("bicjte,bijse->bistce", t, h)
+        first, second, weight = pairs
+        a = a[:, :, first, second] * weight.to(dtype)[:, None, None]  # [B, N, P, C, E]
+        return a[..., self.combo_idx, self.eta_idx]
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)))
+    except (TypeError, ValueError):
+        return a == b
+
+
+def _pbc_tuple(pbc: Any) -> tuple[bool, bool, bool]:
+    if isinstance(pbc, torch.Tensor):
+        pbc = pbc.tolist()
+    if isinstance(pbc, (bool, np.bool_, int)):
+        return (bool(pbc),) * 3
+    values = tuple(bool(p) for p in np.asarray(pbc).reshape(-1))
+    if len(values) != 3:
+        raise InputError(f"pbc must be a bool or three bools; got {pbc!r}")
+    return values  # type: ignore[return-value]
+
+
+def _channels(z: torch.Tensor, species: list[int], device: torch.device) -> torch.Tensor:
+    lookup = {el: i for i, el in enumerate(species)}
+    return torch.tensor([lookup[int(v)] for v in z], dtype=torch.long, device=device)
+
+
+def _pair_index(
+    n_el: int, layout: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Element pairs in output order, and the weight turning ordered sums into j<k sums.
+
+    dscribe orders pairs (a, b), a >= b, as (0,0), (1,0), (1,1), (2,0), ...; the
+    reference as ``combinations_with_replacement``: (0,0), (0,1), (0,2), (1,1), ...
+    The ordered sum over j != k counts an unordered same-element pair twice.
+    """
+    if layout == "fung2022":
+        pairs = list(itertools.combinations_with_replacement(range(n_el), 2))
+    else:
+        pairs = [(a, b) for a in range(n_el) for b in range(a + 1)]
+    first = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
+    second = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
+    weight = torch.tensor([0.5 if p[0] == p[1] else 1.0 for p in pairs], dtype=torch.float64, device=device)
+    return first, second, weight
