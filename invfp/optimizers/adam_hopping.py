@@ -1,0 +1,218 @@
+"""Batched Adam with basin hopping: the paper's Algorithm 1, every target × restart at once.
+
+All ``B`` targets × ``restarts`` independent starts form one tensor ``[B*restarts, N, 3]``.
+Each hop runs Adam (cosine step-size schedule) on the fingerprint objective; a member
+leaves the active set as soon as it plateaus (for the rest of the hop) or its target is
+reached (for good), and the active tensors are compacted so finished members cost
+nothing. Between hops each member is perturbed and the hop's result is accepted with a
+Metropolis rule on the log of the objective, so a member can climb out of a basin.
+Finally the best member of each target is refined with a small step size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from invfp.components import Param, non_negative, non_negative_int, positive, positive_int
+from invfp.optimizers.base import Optimizer
+from invfp.optimizers.common import Objective, cosine, nan_safe
+from invfp.reconstruction import timer
+
+if TYPE_CHECKING:
+    from invfp.reconstruction import ReconstructionProblem, ReconstructionResult
+
+
+def _fraction(value: Any) -> str | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
+        return "must be a number in (0, 1]"
+    return None
+
+
+class AdamHopping(Optimizer):
+    """Batched Adam + Metropolis basin hopping with restarts and a final refinement."""
+
+    name = "adam-hopping"
+    description = "Batched Adam with basin hopping (Metropolis), restarts and a final refinement."
+    parameters = {
+        "restarts": Param(32, "Independent random starts per target, optimised together.", check=positive_int),
+        "hops": Param(4, "Perturb-and-reoptimise rounds after the first descent.", check=non_negative_int),
+        "steps": Param(300, "Adam steps per descent (the first and each hop).", check=positive_int),
+        "lr": Param(0.05, "Initial Adam step size (Å); decays by a cosine schedule.", check=positive),
+        "lr_end": Param(0.05, "Final step size as a fraction of lr.", check=_fraction),
+        "loss": Param("mae", "Fingerprint loss: 'mae' (the paper's) or 'mse'.", choices=("mae", "mse")),
+        "tol": Param(1e-4, "A target is done when a member's raw fingerprint MAE falls below this.", check=positive),
+        "patience": Param(
+            40, "A member leaves the current descent after this many steps without 1% improvement.", check=positive_int
+        ),
+        "hop_size": Param(0.3, "Standard deviation (Å) of the random displacement of a hop.", check=positive),
+        "temperature": Param(
+            0.5, "Metropolis temperature on the natural log of the objective (0: only improvements).",
+            check=non_negative,
+        ),
+        "min_distance": Param(
+            0.6, "Overlap penalty below this fraction of the sum of covalent radii (0: off).", check=non_negative
+        ),
+        "penalty": Param(1.0, "Weight of the overlap penalty.", check=non_negative),
+        "refine_steps": Param(300, "Adam steps refining the best member of each target.", check=non_negative_int),
+        "refine_lr": Param(0.01, "Initial step size (Å) of the refinement.", check=positive),
+        "packing": Param(
+            0.35, "Clusters start in a sphere holding the covalent spheres at this volume fraction.", check=_fraction
+        ),
+        "chunk": Param(2048, "At most this many members per representation call.", check=positive_int),
+    }
+
+    def run(
+        self,
+        problem: ReconstructionProblem,
+        *,
+        generator: torch.Generator,
+        progress: Any = None,
+    ) -> list[ReconstructionResult]:
+        """Reconstruct every target of ``problem``; one result per target, in order."""
+        p = self.params
+        clock = timer()
+        advance = progress or (lambda n=1: None)
+        n_targets = problem.targets.shape[0]
+        restarts = p["restarts"]
+        members = n_targets * restarts
+        dev, dt = problem.device, problem.dtype
+        objective = Objective(problem, p["loss"], p["min_distance"], p["penalty"], p["chunk"])
+        target_of = torch.arange(n_targets, device=dev).repeat_interleave(restarts)
+
+        x_cur = problem.random_positions(members, generator, packing=p["packing"])
+        f_cur = torch.full((members,), math.inf, device=dev, dtype=dt)
+        x_best = x_cur.clone()
+        f_best = torch.full((members,), math.inf, device=dev, dtype=dt)
+        raw_best = torch.full((members,), math.inf, device=dev, dtype=dt)
+        steps = torch.zeros(members, dtype=torch.long, device=dev)
+        done = torch.zeros(n_targets, dtype=torch.bool, device=dev)
+
+        for hop in range(p["hops"] + 1):
+            active = ~done[target_of]
+            if not bool(active.any()):
+                break
+            start = x_cur
+            if hop > 0:
+                start = x_cur + p["hop_size"] * torch.randn(x_cur.shape, generator=generator, device=dev, dtype=dt)
+            idx = torch.nonzero(active).squeeze(1)
+            x_end, f_end, raw_end, used = self._descend(
+                objective, start[idx], target_of[idx], p["steps"], p["lr"], p["lr"] * p["lr_end"]
+            )
+            steps[idx] += used
+            f_new = torch.full_like(f_cur, math.inf)
+            f_new[idx] = f_end
+            x_new = x_cur.clone()
+            x_new[idx] = x_end
+            raw_new = torch.full_like(raw_best, math.inf)
+            raw_new[idx] = raw_end
+            # Metropolis on log(objective): scale-free across the decades a loss spans.
+            u = torch.rand(members, generator=generator, device=dev, dtype=dt)
+            delta = torch.log(f_new) - torch.log(f_cur)
+            if p["temperature"] > 0:
+                accept = (delta <= 0) | (u < torch.exp(-delta / p["temperature"]))
+            else:
+                accept = delta <= 0
+            accept &= active & torch.isfinite(f_new)
+            x_cur = torch.where(accept[:, None, None], x_new, x_cur)
+            f_cur = torch.where(accept, f_new, f_cur)
+            better = active & (f_new < f_best)
+            x_best = torch.where(better[:, None, None], x_new, x_best)
+            f_best = torch.where(better, f_new, f_best)
+            raw_best = torch.where(better, raw_new, raw_best)
+            reached = torch.zeros(n_targets, dtype=torch.bool, device=dev)
+            reached.index_put_((target_of,), raw_best < p["tol"], accumulate=True)
+            newly = reached & ~done
+            done |= reached
+            if int(newly.sum()):
+                advance(int(newly.sum()))
+
+        f_grid = f_best.view(n_targets, restarts)
+        choice = torch.argmin(f_grid, dim=1)
+        pick = torch.arange(n_targets, device=dev) * restarts + choice
+        x_final = x_best[pick]
+        if p["refine_steps"]:
+            targets = torch.arange(n_targets, device=dev)
+            x_ref, f_ref, _, used = self._descend(
+                objective, x_final, targets, p["refine_steps"], p["refine_lr"], p["refine_lr"] * 0.01,
+                patience=p["refine_steps"],
+            )
+            steps[pick] += used
+            keep = f_ref < f_best[pick]
+            x_final = torch.where(keep[:, None, None], x_ref, x_final)
+        left = int((~done).sum())
+        if left:
+            advance(left)
+        restart_losses = raw_best.view(n_targets, restarts).cpu().tolist()
+        per_target = steps.view(n_targets, restarts).sum(1).cpu().tolist()
+        return problem.finish(x_final.detach(), restart_losses, per_target, clock())
+
+    def _descend(
+        self,
+        objective: Objective,
+        x0: torch.Tensor,
+        target: torch.Tensor,
+        n_steps: int,
+        lr: float,
+        lr_end: float,
+        *,
+        patience: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Adam from ``x0`` for each member; returns the best point, objective, raw MAE, steps used.
+
+        Members leave the active set when they plateau (no 1 % gain over ``patience``
+        steps) or reach ``tol``; the active tensors are compacted so they cost nothing.
+        """
+        p = self.params
+        patience = patience or p["patience"]
+        beta1, beta2, eps = 0.9, 0.999, 1e-12
+        count = x0.shape[0]
+        best_x = x0.detach().clone()
+        best_f = torch.full((count,), math.inf, device=x0.device, dtype=x0.dtype)
+        best_raw = torch.full_like(best_f, math.inf)
+        used = torch.zeros(count, dtype=torch.long, device=x0.device)
+
+        rows = torch.arange(count, device=x0.device)  # positions of the active members in the outputs
+        x = x0.detach().clone()
+        tgt = target
+        m = torch.zeros_like(x)
+        v = torch.zeros_like(x)
+        f_act = best_f.clone()
+        raw_act = best_raw.clone()
+        bx_act = x.clone()
+        checkpoint = f_act.clone()
+        for step in range(n_steps):
+            if rows.numel() == 0:
+                break
+            f, raw, g = objective(x, tgt)
+            f = nan_safe(f)
+            improved = f < f_act
+            f_act = torch.where(improved, f, f_act)
+            raw_act = torch.where(improved, raw, raw_act)
+            bx_act = torch.where(improved[:, None, None], x, bx_act)
+            used[rows] += 1
+            t = step + 1
+            rate = cosine(step, n_steps, lr, lr_end)
+            m = beta1 * m + (1 - beta1) * g
+            v = beta2 * v + (1 - beta2) * g * g
+            mhat = m / (1 - beta1**t)
+            vhat = v / (1 - beta2**t)
+            x = x - rate * mhat / (vhat.sqrt() + eps)
+            last = step == n_steps - 1
+            if t % patience == 0 or last:
+                stalled = f_act > 0.99 * checkpoint
+                # Once one member reaches its target, its siblings need not go on.
+                solved = torch.isin(tgt, tgt[raw_act < p["tol"]])
+                finished = stalled | solved | last
+                checkpoint = f_act.clone()
+                if bool(finished.any()):
+                    out = rows[finished]
+                    best_x[out] = bx_act[finished]
+                    best_f[out] = f_act[finished]
+                    best_raw[out] = raw_act[finished]
+                    keep = ~finished
+                    rows, x, tgt, m, v = rows[keep], x[keep], tgt[keep], m[keep], v[keep]
+                    f_act, raw_act, bx_act, checkpoint = f_act[keep], raw_act[keep], bx_act[keep], checkpoint[keep]
+        return best_x, best_f, best_raw, used

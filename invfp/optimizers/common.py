@@ -1,0 +1,77 @@
+"""Pieces shared by the built-in optimizers: the batched objective and its gradient."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from invfp.reconstruction import ReconstructionProblem
+
+
+class Objective:
+    """The per-member objective: fingerprint loss (+ optional soft overlap penalty).
+
+    Every member depends only on its own positions, so the gradient of the summed
+    objective is the stack of each member's own gradient: members stay independent.
+
+    Args:
+        problem: the reconstruction problem.
+        loss: ``"mae"`` or ``"mse"`` on the scaled feature errors.
+        min_distance: overlap threshold as a fraction of the sum of covalent radii
+            (0 disables the penalty).
+        penalty: weight of the overlap penalty.
+        chunk: at most this many members per representation call (bounds memory).
+    """
+
+    def __init__(
+        self, problem: ReconstructionProblem, loss: str, min_distance: float, penalty: float, chunk: int
+    ) -> None:
+        self.problem = problem
+        self.loss = loss
+        self.min_distance = min_distance
+        self.penalty = penalty
+        self.chunk = chunk
+
+    def _values(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        err = self.problem.errors(x, target)
+        obj = err.abs().mean(-1) if self.loss == "mae" else err.pow(2).mean(-1)
+        if self.min_distance > 0 and self.penalty > 0:
+            obj = obj + self.penalty * self.problem.overlap_penalty(x, self.min_distance)
+        raw = (err.detach() * self.problem.feature_scale).abs().mean(-1)
+        return obj, raw
+
+    def __call__(
+        self, x: torch.Tensor, target: torch.Tensor, *, grad: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Objective ``[M]``, raw MAE ``[M]`` and (if ``grad``) gradient ``[M, N, 3]``."""
+        objs, raws, grads = [], [], []
+        for start in range(0, x.shape[0], self.chunk):
+            xs = x[start : start + self.chunk].detach()
+            ts = target[start : start + self.chunk]
+            if grad:
+                xs.requires_grad_(True)
+                with torch.enable_grad():
+                    obj, raw = self._values(xs, ts)
+                    (g,) = torch.autograd.grad(obj.sum(), xs)
+                # A member at a singular point (e.g. coinciding atoms) must not poison the rest.
+                grads.append(torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0))
+            else:
+                with torch.no_grad():
+                    obj, raw = self._values(xs, ts)
+            objs.append(obj.detach())
+            raws.append(raw)
+        return torch.cat(objs), torch.cat(raws), (torch.cat(grads) if grad else None)
+
+
+def cosine(step: int, total: int, start: float, end: float) -> float:
+    """Cosine schedule from ``start`` (step 0) to ``end`` (last step)."""
+    frac = step / max(total - 1, 1)
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * frac))
+
+
+def nan_safe(values: torch.Tensor) -> torch.Tensor:
+    """Replace NaN (a blown-up member) by +inf so it never counts as the best."""
+    return torch.where(torch.isnan(values), torch.full_like(values, math.inf), values)

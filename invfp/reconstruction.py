@@ -1,0 +1,451 @@
+"""Reconstruction: fingerprints back to atoms (the paper's Algorithm 1, batched).
+
+:func:`reconstruct` validates its input, builds a :class:`ReconstructionProblem` (the
+tensors every optimizer plugin works on) and lets the optimizer find, for each target
+fingerprint ``R``, positions ``x`` with ``representation(x) ≈ R``. Each target gives
+one :class:`ReconstructionResult` whose ``loss`` is the honest mean absolute error
+between the target and the fingerprint of the returned atoms (raw features, the
+paper's measure), whatever objective the optimizer minimised internally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from invfp.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import ase
+    import torch
+
+__all__ = [
+    "ReconstructionProblem",
+    "ReconstructionResult",
+    "auto_feature_scale",
+    "cluster_radius",
+    "parse_cell",
+    "parse_numbers",
+    "reconstruct",
+]
+
+PACKING = 0.35
+"""Volume fraction of covalent spheres in the initial cluster sphere (loose, liquid-like)."""
+
+
+@dataclasses.dataclass
+class ReconstructionResult:
+    """The best structure found for one target."""
+
+    atoms: ase.Atoms
+    """Positions found, with the problem's cell and pbc; ``info["loss"]`` holds ``loss``."""
+    loss: float
+    """Mean absolute error between the target and the fingerprint of ``atoms`` (raw features)."""
+    restart_losses: list[float]
+    """The same MAE for the best structure of each restart (independent start)."""
+    steps: int
+    """Gradient evaluations spent on this target (all its restarts and hops)."""
+    time: float
+    """Wall time in seconds, amortised: the batch's time divided by the number of targets."""
+    target_index: int
+    """Row of the target in the ``targets`` given to :func:`reconstruct`."""
+
+
+@dataclasses.dataclass
+class ReconstructionProblem:
+    """What :meth:`Optimizer.run <invfp.optimizers.base.Optimizer.run>` receives."""
+
+    representation: Any
+    """A :class:`~invfp.representations.base.Representation` (differentiable)."""
+    targets: torch.Tensor
+    """Target fingerprints ``[B, D]`` on ``device`` in ``dtype``."""
+    numbers: torch.Tensor
+    """Atomic numbers ``[N]`` (int64, on ``device``)."""
+    cell: torch.Tensor | None
+    """Cell ``[3, 3]`` (rows are lattice vectors) or ``None``."""
+    pbc: tuple[bool, bool, bool]
+    """Periodic directions."""
+    device: torch.device
+    dtype: torch.dtype
+    feature_scale: torch.Tensor
+    """Per-feature scale ``[D]``: optimizers minimise errors divided by it (ones = raw)."""
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.numbers.shape[0])
+
+    @property
+    def periodic(self) -> bool:
+        return any(self.pbc)
+
+    def features(self, positions: torch.Tensor) -> torch.Tensor:
+        """Fingerprints ``[M, D]`` of positions ``[M, N, 3]`` (differentiable)."""
+        cell = None
+        if self.cell is not None:
+            cell = self.cell.expand(positions.shape[0], 3, 3)
+        return self.representation(positions, self.numbers, cell=cell, pbc=self.pbc)
+
+    def errors(self, positions: torch.Tensor, target_index: torch.Tensor, *, scaled: bool = True) -> torch.Tensor:
+        """Feature errors ``[M, D]`` of each member against its target (divided by the scale)."""
+        diff = self.features(positions) - self.targets[target_index]
+        return diff / self.feature_scale if scaled else diff
+
+    def random_positions(
+        self, count: int, generator: torch.Generator, *, packing: float = PACKING
+    ) -> torch.Tensor:
+        """Random starting positions ``[count, N, 3]``.
+
+        Periodic directions: uniform in the cell. Clusters: uniform in a sphere holding
+        the atoms' covalent spheres at volume fraction ``packing``, centred in the cell
+        when there is one.
+        """
+        import torch
+
+        n = self.n_atoms
+        kw = {"device": self.device, "dtype": self.dtype}
+        if self.periodic:
+            assert self.cell is not None
+            frac = torch.rand(count, n, 3, generator=generator, **kw)
+            pos = frac @ self.cell
+            if not all(self.pbc):
+                # Non-periodic directions of a slab or wire: a slab of sensible density
+                # centred in the cell (the cell length along them may be mostly vacuum).
+                radius = cluster_radius(self.numbers.tolist(), packing)
+                for axis, periodic in enumerate(self.pbc):
+                    if not periodic:
+                        length = float(torch.linalg.norm(self.cell[axis]))
+                        width = min(2 * radius, length) / length
+                        frac[..., axis] = 0.5 + (frac[..., axis] - 0.5) * width
+                pos = frac @ self.cell
+            return pos
+        radius = cluster_radius(self.numbers.tolist(), packing)
+        direction = torch.randn(count, n, 3, generator=generator, **kw)
+        direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        r = radius * torch.rand(count, n, 1, generator=generator, **kw) ** (1.0 / 3.0)
+        pos = direction * r
+        if self.cell is not None:
+            pos = pos + 0.5 * self.cell.sum(0)
+        return pos
+
+    def overlap_penalty(self, positions: torch.Tensor, factor: float) -> torch.Tensor:
+        """Soft penalty ``[M]`` on pairs closer than ``factor`` × the sum of covalent radii.
+
+        ``mean over pairs of relu(d0 - d)^2 / d0^2``: zero for any physical structure,
+        it only pushes overlapping atoms apart. Periodic directions use the minimum image.
+        """
+        import torch
+        from ase.data import covalent_radii
+
+        n = self.n_atoms
+        radii = torch.as_tensor(covalent_radii[self.numbers.cpu().numpy()], device=self.device, dtype=self.dtype)
+        i, j = torch.triu_indices(n, n, offset=1, device=self.device)
+        d0 = factor * (radii[i] + radii[j])
+        diff = positions[:, i] - positions[:, j]
+        if self.periodic:
+            assert self.cell is not None
+            inv = torch.linalg.inv(self.cell)
+            frac = diff @ inv
+            mask = torch.tensor(self.pbc, device=self.device)
+            frac = torch.where(mask, frac - torch.round(frac), frac)
+            diff = frac @ self.cell
+        dist = torch.sqrt((diff * diff).sum(-1) + 1e-12)
+        return (torch.relu(d0 - dist) / d0).pow(2).mean(-1)
+
+    def finish(
+        self,
+        positions: torch.Tensor,
+        restart_losses: Sequence[Sequence[float]],
+        steps: Sequence[int],
+        elapsed: float,
+    ) -> list[ReconstructionResult]:
+        """Results for every target from the chosen positions ``[B, N, 3]``.
+
+        The reported loss is recomputed here from the returned atoms' positions, so a
+        result's loss always matches its structure.
+        """
+        import torch
+        from ase import Atoms
+
+        numbers = self.numbers.cpu().numpy()
+        cell = self.cell.detach().cpu().numpy().astype(np.float64) if self.cell is not None else None
+        frames = []
+        for b in range(positions.shape[0]):
+            atoms = Atoms(numbers=numbers, positions=positions[b].detach().cpu().numpy().astype(np.float64))
+            if cell is not None:
+                atoms.cell = cell
+            atoms.pbc = self.pbc
+            if self.periodic:
+                atoms.wrap()
+            elif cell is not None:
+                atoms.positions += 0.5 * cell.sum(0) - atoms.positions.mean(0)
+            frames.append(atoms)
+        pos = torch.as_tensor(np.stack([a.positions for a in frames]), device=self.device, dtype=self.dtype)
+        with torch.no_grad():
+            mae = self.errors(pos, torch.arange(len(frames), device=self.device), scaled=False).abs().mean(-1)
+        per_target = elapsed / max(len(frames), 1)
+        results = []
+        for b, atoms in enumerate(frames):
+            loss = float(mae[b])
+            atoms.info["loss"] = loss
+            results.append(
+                ReconstructionResult(
+                    atoms=atoms,
+                    loss=loss,
+                    restart_losses=[float(v) for v in restart_losses[b]],
+                    steps=int(steps[b]),
+                    time=per_target,
+                    target_index=b,
+                )
+            )
+        return results
+
+
+def parse_numbers(numbers: Any) -> np.ndarray:
+    """Atomic numbers from a sequence of ints/symbols or a formula string such as ``"Pt10"``."""
+    from ase.symbols import symbols2numbers
+
+    try:
+        if isinstance(numbers, str):
+            from ase import Atoms
+
+            out = Atoms(numbers).numbers
+        else:
+            out = np.asarray(symbols2numbers(list(np.asarray(numbers).tolist())), dtype=int)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"cannot read the composition {numbers!r}: give a formula like 'Pt10' or atomic numbers") from exc
+    if out.ndim != 1 or len(out) == 0:
+        raise InputError("the composition needs at least one atom")
+    if np.any(out < 1) or np.any(out > 118):
+        raise InputError(f"atomic numbers must lie in 1..118, got {sorted(set(out.tolist()))}")
+    return out
+
+
+def parse_cell(cell: Any) -> np.ndarray | None:
+    """A ``[3, 3]`` cell from ``None``, a float (cubic), three lengths or a 3×3 matrix."""
+    if cell is None:
+        return None
+    arr = np.asarray(cell, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.eye(3) * float(arr)
+    elif arr.shape == (3,):
+        arr = np.diag(arr)
+    elif arr.shape != (3, 3):
+        raise InputError(f"cell must be a number, 3 lengths or a 3x3 matrix, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or abs(np.linalg.det(arr)) < 1e-6:
+        raise InputError("the cell must be finite with a non-zero volume")
+    return arr
+
+
+def cluster_radius(numbers: Sequence[int], packing: float = PACKING) -> float:
+    """Radius (Å) of the sphere that holds the atoms' covalent spheres at volume fraction ``packing``."""
+    from ase.data import covalent_radii
+
+    volume = sum(4.0 / 3.0 * math.pi * covalent_radii[int(z)] ** 3 for z in numbers)
+    return (volume / packing * 3.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
+def auto_feature_scale(targets: np.ndarray, floor: float = 1e-2) -> np.ndarray:
+    """A robust typical magnitude of each feature, from the targets themselves.
+
+    The median over targets of ``|R_d|``, floored at ``floor`` × the median over
+    features (so features that are ~0 in every target do not dominate), then normalised
+    so the median scale is 1 (the objective stays in the units of a typical feature).
+    """
+    mag = np.median(np.abs(targets), axis=0)
+    typical = float(np.median(mag[mag > 0])) if np.any(mag > 0) else 1.0
+    scale = np.maximum(mag, floor * typical)
+    return scale / typical
+
+
+def _feature_scale(feature_scale: Any, targets: np.ndarray) -> np.ndarray:
+    dim = targets.shape[1]
+    if feature_scale is None or (isinstance(feature_scale, str) and feature_scale == "auto"):
+        return auto_feature_scale(targets)
+    if isinstance(feature_scale, str):
+        if feature_scale == "none":
+            return np.ones(dim)
+        raise ConfigError(f"feature_scale={feature_scale!r}: use 'auto', 'none' or an array of {dim} positive numbers")
+    scale = np.asarray(feature_scale.detach().cpu() if hasattr(feature_scale, "detach") else feature_scale, dtype=np.float64)
+    if scale.ndim == 0:
+        scale = np.full(dim, float(scale))
+    if scale.shape != (dim,) or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        raise ConfigError(f"feature_scale must be 'auto', 'none' or {dim} finite positive numbers")
+    return scale
+
+
+def _as_targets(targets: Any) -> np.ndarray:
+    if hasattr(targets, "detach"):
+        targets = targets.detach().cpu().numpy()
+    try:
+        arr = np.asarray(targets, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"targets must be numeric fingerprints [B, D] or [D]: {exc}") from exc
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"targets must have shape [B, D] or [D], got {arr.shape}")
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise InputError(f"targets contain NaN or inf (rows {rows}); remove or fix those fingerprints")
+    return arr
+
+
+def _check_fit(numbers: np.ndarray, cell: np.ndarray | None, pbc: tuple[bool, bool, bool]) -> None:
+    """Refuse compositions that cannot fit the cell (the optimizer would only squash atoms)."""
+    if cell is None:
+        return
+    from ase.data import covalent_radii
+
+    heights = abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    if any(pbc):
+        # Volume available along periodic directions vs. the atoms' covalent volume.
+        sphere_volume = sum(4.0 / 3.0 * math.pi * covalent_radii[int(z)] ** 3 for z in numbers)
+        free = [h for h, p in zip(heights, pbc, strict=True) if not p]
+        volume = abs(np.linalg.det(cell)) * np.prod([min(1.0, 2 * cluster_radius(numbers) / h) for h in free])
+        if volume < 0.5 * sphere_volume:
+            raise InputError(
+                f"{len(numbers)} atoms do not fit the cell: volume {volume:.1f} Å^3 < half their covalent "
+                f"volume {sphere_volume:.1f} Å^3; give a larger cell or fewer atoms"
+            )
+    else:
+        diameter = 2 * cluster_radius(numbers)
+        if diameter > min(heights):
+            raise InputError(
+                f"a cluster of {len(numbers)} atoms (diameter about {diameter:.1f} Å) does not fit a cell "
+                f"{min(heights):.1f} Å wide; give a larger cell"
+            )
+
+
+def _pbc(pbc: Any) -> tuple[bool, bool, bool]:
+    arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    return (bool(arr[0]), bool(arr[1]), bool(arr[2]))
+
+
+def reconstruct(
+    targets: Any,
+    *,
+    numbers: Any,
+    cell: Any = None,
+    pbc: Any = False,
+    representation: Any = "acsf",
+    optimizer: Any = "adam-hopping",
+    seed: int | None = None,
+    device: Any = None,
+    dtype: Any = None,
+    progress: bool = False,
+    feature_scale: Any = None,
+    **options: Any,
+) -> list[ReconstructionResult]:
+    """Find atoms whose fingerprints match ``targets``.
+
+    Args:
+        targets: fingerprints ``[B, D]`` or ``[D]`` (NumPy, torch or nested lists).
+        numbers: the composition: atomic numbers or symbols ``[N]``, or a formula
+            (``"Pt10"``); the same for every target.
+        cell: ``None``, a float (cubic), three lengths or a 3×3 matrix (rows are
+            lattice vectors), in Å.
+        pbc: periodic directions (a bool or three); periodic needs a cell.
+        representation: a name (``"acsf"``) or a ready representation object; it
+            must be the representation that produced ``targets``.
+        optimizer: a name (``"adam-hopping"``, ``"lbfgs"``) or an optimizer object.
+        seed: makes the run deterministic on one machine; ``None`` draws fresh entropy.
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available, else CPU).
+        dtype: ``torch.float32`` (default) or ``torch.float64`` (or their names).
+        progress: show a progress bar over targets.
+        feature_scale: how features are weighted in the objective: ``None``/``"auto"``
+            (a robust typical magnitude per feature from the targets), ``"none"`` (raw),
+            or ``[D]`` positive numbers given by the caller.
+        **options: parameters of the optimizer (``restarts``, ``hops``, ...); only
+            with an optimizer given by name.
+
+    Returns:
+        One :class:`ReconstructionResult` per target, in order.
+
+    Raises:
+        InputError: malformed, non-finite or wrong-dimension targets; a bad composition
+            or cell; atoms that do not fit the cell.
+        ConfigError: bad optimizer parameters, dtype, device or feature scale.
+        UnknownComponentError: an unknown representation or optimizer name.
+    """
+    import torch
+
+    from invfp.plugins import create
+    from invfp.representations.base import Representation
+    from invfp.utils import make_generator, progress_bar, resolve_device
+
+    arr = _as_targets(targets)
+    z = parse_numbers(numbers)
+    cell_arr = parse_cell(cell)
+    pbc_t = _pbc(pbc)
+    if any(pbc_t) and cell_arr is None:
+        raise InputError("periodic reconstruction needs a cell (cell=...)")
+    _check_fit(z, cell_arr, pbc_t)
+    dtype = _dtype(dtype)
+    dev = resolve_device(device)
+
+    rep = create("representation", representation)
+    if not isinstance(rep, Representation):
+        raise ConfigError(f"representation {type(rep).__name__} does not derive from invfp's Representation")
+    if not rep.differentiable:
+        raise ConfigError(f"representation {rep.name!r} is not differentiable; reconstruction needs gradients")
+    if not rep.pooled:
+        raise ConfigError("reconstruction needs a pooled representation (one vector per structure)")
+    if isinstance(optimizer, str):
+        opt = create("optimizer", optimizer, **options)
+    else:
+        if options:
+            raise ConfigError(
+                f"optimizer options {sorted(options)} given with a ready optimizer object; "
+                "pass the optimizer by name or set the options on the object"
+            )
+        opt = create("optimizer", optimizer)
+    dim = rep.dim(z)
+    if arr.shape[1] != dim:
+        raise InputError(
+            f"targets have {arr.shape[1]} features but {rep.name!r} gives {dim} for this composition "
+            f"({len(z)} atoms, elements {sorted(set(z.tolist()))}); check the representation, its "
+            "parameters and --formula"
+        )
+    scale = _feature_scale(feature_scale, arr)
+
+    rep = rep.to(device=dev, dtype=dtype)
+    problem = ReconstructionProblem(
+        representation=rep,
+        targets=torch.as_tensor(arr, device=dev, dtype=dtype),
+        numbers=torch.as_tensor(z, device=dev, dtype=torch.long),
+        cell=None if cell_arr is None else torch.as_tensor(cell_arr, device=dev, dtype=dtype),
+        pbc=pbc_t,
+        device=dev,
+        dtype=dtype,
+        feature_scale=torch.as_tensor(scale, device=dev, dtype=dtype),
+    )
+    generator = make_generator(seed, dev)
+    with progress_bar(len(arr), "reconstruct", enabled=progress) as advance:
+        results = opt.run(problem, generator=generator, progress=advance)
+    if len(results) != len(arr):
+        raise ConfigError(f"optimizer {opt.name!r} returned {len(results)} results for {len(arr)} targets")
+    return results
+
+
+def _dtype(dtype: Any) -> torch.dtype:
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "float64": torch.float64, "double": torch.float64}.get(dtype, dtype)
+    if dtype not in (torch.float32, torch.float64):
+        raise ConfigError(f"dtype {dtype!r} is not supported; use float32 or float64")
+    return dtype
+
+
+def timer() -> Callable[[], float]:
+    """A stopwatch: returns a function giving seconds since it was made."""
+    start = time.perf_counter()
+    return lambda: time.perf_counter() - start
