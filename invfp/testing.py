@@ -123,3 +123,47 @@ def check_representation(
         assert torch.isclose(an, fd, rtol=1e-4, atol=1e-6), (
             f"gradient w.r.t. positions does not match finite differences: {an.item()} vs {fd.item()}"
         )
+
+
+def check_validator(validator: Any, structures: list[ase.Atoms], context: Any = None) -> list[Any]:
+    """Check the validator contract on a batch of structures; returns the verdicts.
+
+    - it derives from :class:`~invfp.validators.base.Validator` and declares a ``name``
+      and a ``description``; ``get_config()`` is JSON-serialisable;
+    - ``validate`` returns one :class:`~invfp.validators.base.Verdict` per structure,
+      in order, with a bool ``accepted`` and a finite float (or ``None``) ``value``;
+    - an empty batch gives an empty list;
+    - it is deterministic (the same input twice gives the same verdicts) and does not
+      move the atoms it judges.
+    """
+    import json
+    import math
+
+    from invfp.validators.base import ValidationContext, Validator, Verdict
+
+    assert isinstance(validator, Validator), f"{type(validator).__name__} does not derive from Validator"
+    assert validator.name and validator.description, "a validator declares class-level name and description"
+    json.dumps(validator.get_config())
+    if context is None:
+        context = ValidationContext(targets=[0.0] * len(structures), losses=[0.0] * len(structures))
+    before = [a.positions.copy() for a in structures]
+    first = validator.validate(structures, context)
+    assert isinstance(first, list) and len(first) == len(structures), (
+        f"validate returned {len(first) if isinstance(first, list) else type(first).__name__} "
+        f"verdicts for {len(structures)} structures"
+    )
+    for k, verdict in enumerate(first):
+        assert isinstance(verdict, Verdict), f"verdict {k} is a {type(verdict).__name__}, not a Verdict"
+        assert isinstance(verdict.accepted, bool), f"verdict {k}: accepted is not a bool"
+        assert verdict.value is None or (isinstance(verdict.value, float) and math.isfinite(verdict.value)), (
+            f"verdict {k}: value {verdict.value!r} is not a finite float or None"
+        )
+    for k, (atoms, pos) in enumerate(zip(structures, before, strict=True)):
+        np.testing.assert_array_equal(atoms.positions, pos, err_msg=f"validate moved the atoms of structure {k}")
+    empty = ValidationContext(property_name=context.property_name, extras=context.extras)
+    assert validator.validate([], empty) == [], "an empty batch must give an empty list"
+    second = validator.validate(structures, context)
+    assert [(v.accepted, v.value) for v in second] == [(v.accepted, v.value) for v in first], (
+        "validate is not deterministic"
+    )
+    return first

@@ -182,14 +182,24 @@ class EnergyValidator(Validator):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self._calculator = None
+        self._calculator: Any = None
+        self._references: dict[int, float] = {}
 
     def _calc(self) -> Any:
         if self._calculator is None:
-            from invfp.data.emt import get_calculator
+            from invfp.data.make import get_calculator
 
             self._calculator = get_calculator(self.params["calculator"])
         return self._calculator
+
+    def bulk_reference(self, numbers: Sequence[int]) -> float:
+        """Sum of the elements' bulk energies per atom over ``numbers`` (N·E_bulk for one element)."""
+        from invfp.data.make import bulk_reference_energies
+
+        missing = sorted({int(z) for z in numbers} - set(self._references))
+        if missing:
+            self._references.update(bulk_reference_energies(missing, self.params["calculator"]))
+        return float(sum(self._references[int(z)] for z in numbers))
 
     def true_property(self, atoms: ase.Atoms, property_name: str) -> float:
         """The property of one structure computed with the calculator."""
@@ -200,11 +210,10 @@ class EnergyValidator(Validator):
             )
         atoms = atoms.copy()
         atoms.calc = self._calc()
-        if property_name == "formation_energy":
-            from invfp.data.emt import formation_energy
-
-            return float(formation_energy(atoms, calculator=self.params["calculator"]))
         energy = float(atoms.get_potential_energy())
+        if property_name == "formation_energy":
+            # The data module's definition: (E − Σ_i E_bulk(Z_i)) / N.
+            return (energy - self.bulk_reference(atoms.numbers)) / len(atoms)
         return energy if property_name == "energy" else energy / len(atoms)
 
     def validate(self, structures: Sequence[ase.Atoms], context: ValidationContext) -> list[Verdict]:
