@@ -268,8 +268,8 @@ class ACSF(Representation):
         self.register_buffer("_g2_eta", g2[:, 0].contiguous(), persistent=False)
         self.register_buffer("_g2_rs", g2[:, 1].contiguous(), persistent=False)
         self.register_buffer("_g3_kappa", g3, persistent=False)
-        self._g4 = _AngularTerms(params["g4_params"], self, "g4")
-        self._g5 = _AngularTerms(params["g5_params"], self, "g5")
+        self._g4 = _AngularTerms(params["g4_params"], "g4")
+        self._g5 = _AngularTerms(params["g5_params"], "g5")
         self.n_radial = (0 if self._layout == "fung2022" else 1) + len(g2) + len(g3)
         """Radial values per neighbour element."""
         self.n_angular = self._g4.n + self._g5.n
@@ -334,12 +334,9 @@ class ACSF(Representation):
         pbc_dirs = _pbc_tuple(pbc)
         if self.periodic and any(pbc_dirs):
             disp, column_channel, valid = self._periodic_neighbours(positions, cell, pbc_dirs, channel)
+            feats = self._periodic(disp, valid, column_channel, len(species))
         else:
-            disp = positions[:, None, :, :] - positions[:, :, None, :]
-            n = positions.shape[1]
-            valid = ~torch.eye(n, dtype=torch.bool, device=positions.device)
-            column_channel = channel
-        feats = self._per_atom(disp, valid, column_channel, len(species))
+            feats = self._cluster(positions, channel, len(species))
         if self.pooling is None:
             return feats
         if self.pooling == "maxmin":
@@ -456,62 +453,134 @@ class ACSF(Representation):
             fc = 1.0 + x**3 * (-10.0 + x * (15.0 - 6.0 * x))
         return torch.where(inside, fc, torch.zeros((), dtype=r.dtype, device=r.device))
 
-    def _per_atom(
+    def _distances(self, disp: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """r^2, r, the within-cutoff mask and f_c for displacements ``[B, N, M, 3]``."""
+        r2 = (disp * disp).sum(-1)
+        # Mask before sqrt: sqrt(0) for an atom and itself would give NaN gradients.
+        r = torch.sqrt(torch.where(valid, r2, torch.ones((), dtype=r2.dtype, device=r2.device)))
+        inside = valid & (r <= self.r_cut)
+        return r2, r, inside, self._cutoff_fn(r, inside)
+
+    def _radial_values(self, r: torch.Tensor) -> torch.Tensor | None:
+        """G1, G2, G3 values per neighbour without the cutoff factor: ``[..., n_radial]``."""
+        dtype = r.dtype
+        values = []
+        if self._layout == "dscribe":
+            values.append(torch.ones_like(r)[..., None])
+        if self._g2_eta.numel():
+            diff = r[..., None] - self._g2_rs.to(dtype)
+            values.append(torch.exp(diff * diff * -self._g2_eta.to(dtype)))
+        if self._g3_kappa.numel():
+            values.append(torch.cos(r[..., None] * self._g3_kappa.to(dtype)))
+        if not values:
+            return None
+        return torch.cat(values, dim=-1) if len(values) > 1 else values[0]
+
+    def _cluster(self, positions: torch.Tensor, channel: torch.Tensor, n_el: int) -> torch.Tensor:
+        """Per-atom features of isolated structures (no images): every atom is a neighbour."""
+        b, n, _ = positions.shape
+        device = positions.device
+        disp = positions[:, None, :, :] - positions[:, :, None, :]  # [B, N_i, N_j, 3]: x_j - x_i
+        valid = ~torch.eye(n, dtype=torch.bool, device=device)
+        r2, r, inside, fc = self._distances(disp, valid)
+        radial = None
+        if self.n_radial:
+            # Each unordered pair once (r_ij = r_ji), spread to both atoms and to the
+            # other atom's element channel by one matrix product.
+            iu, ju = torch.triu_indices(n, n, 1, device=device)
+            values = self._radial_values(r[:, iu, ju])  # [B, P, F]
+            n_pairs = iu.shape[0]
+            incidence = torch.zeros(n * n_el, n_pairs, dtype=positions.dtype, device=device)
+            cols = torch.arange(n_pairs, device=device)
+            incidence[iu * n_el + channel[ju], cols] = 1.0
+            incidence[ju * n_el + channel[iu], cols] = 1.0
+            weights = incidence * fc[:, iu, ju][:, None, :]  # [B, N*S, P]
+            radial = (weights @ values).reshape(b, n, n_el, -1)
+        angular = None
+        if self.n_angular:
+            jj, kk = _cluster_triplets(n, device)
+            angular = self._angular(disp, r2, r, inside, fc, jj, kk, channel, n_el)
+        return self._assemble(radial, angular)
+
+    def _periodic(
         self, disp: torch.Tensor, valid: torch.Tensor, channel: torch.Tensor, n_el: int
     ) -> torch.Tensor:
-        """Per-atom features from displacements ``[B, N, M, 3]`` to candidate neighbours.
+        """Per-atom features from displacements ``[B, N, M, 3]`` to candidate neighbours."""
+        r2, r, inside, fc = self._distances(disp, valid)
+        radial = None
+        if self.n_radial:
+            values = self._radial_values(r) * fc[..., None]  # [B, N, M, F]
+            onehot = torch.nn.functional.one_hot(channel, n_el).to(disp.dtype)
+            radial = torch.einsum("bimf,ms->bisf", values, onehot)
+        angular = None
+        if self.n_angular:
+            m = disp.shape[2]
+            j, k = torch.triu_indices(m, m, 1, device=disp.device)
+            n = disp.shape[1]
+            # The atom's own column has f_c = 0, so its pairs vanish by themselves.
+            angular = self._angular(disp, r2, r, inside, fc, j.expand(n, -1), k.expand(n, -1), channel, n_el)
+        return self._assemble(radial, angular)
 
-        ``valid`` ``[N, M]`` marks real neighbours (not the atom itself); ``channel``
-        ``[M]`` is each column's element index.
+    def _angular(
+        self,
+        disp: torch.Tensor,
+        r2: torch.Tensor,
+        r: torch.Tensor,
+        inside: torch.Tensor,
+        fc: torch.Tensor,
+        jj: torch.Tensor,
+        kk: torch.Tensor,
+        channel: torch.Tensor,
+        n_el: int,
+    ) -> torch.Tensor:
+        """G4 and G5 per neighbour-element pair: ``[B, N, n_pairs, n_angular]``.
+
+        ``jj``, ``kk`` ``[N, K]`` list each atom's unordered neighbour pairs j < k.
         """
         dtype = disp.dtype
-        r2 = (disp * disp).sum(-1)  # [B, N, M]
-        # Mask before sqrt: sqrt(0) on the diagonal would give NaN gradients.
-        one = torch.ones((), dtype=dtype, device=disp.device)
-        r = torch.sqrt(torch.where(valid, r2, one))
-        inside = valid & (r <= self.r_cut)
-        fc = self._cutoff_fn(r, inside)
-        onehot = torch.nn.functional.one_hot(channel, n_el).to(dtype)  # [M, S]
+        rows = torch.arange(disp.shape[1], device=disp.device)[:, None]
+        inv_r = torch.where(inside, 1.0 / r, torch.zeros((), dtype=dtype, device=r.device))
+        unit = disp * inv_r[..., None]
+        cos = (unit[:, rows, jj] * unit[:, rows, kk]).sum(-1)  # [B, N, K]
+        pair_map = _pair_map(n_el, self._layout)
+        n_pairs = len(pair_map)
+        if n_pairs > 1:
+            ch_j, ch_k = channel[jj], channel[kk]
+            lookup = torch.tensor(pair_map, dtype=torch.long, device=disp.device)
+            pair_onehot = torch.nn.functional.one_hot(lookup[ch_j, ch_k], n_pairs).to(dtype)  # [N, K, Q]
+        out = []
+        for terms in (self._g4, self._g5):
+            if not terms.n:
+                continue
+            eta = terms.eta.to(dtype)
+            g = torch.exp(r2[..., None] * -eta) * fc[..., None]  # [B, N, M, E]
+            gg = g[:, rows, jj] * g[:, rows, kk]  # [B, N, K, E]
+            if terms.kind == "g4":
+                djk = disp[:, rows, kk] - disp[:, rows, jj]
+                rjk2 = (djk * djk).sum(-1)
+                both = inside[:, rows, jj] & inside[:, rows, kk]
+                one = torch.ones((), dtype=dtype, device=r.device)
+                rjk = torch.sqrt(torch.where(both, rjk2, one))
+                fjk = self._cutoff_fn(rjk, both & (rjk <= self.r_cut))
+                gg = gg * torch.exp(rjk2[..., None] * -eta) * fjk[..., None]
+            ang = terms.angle_powers(cos)  # [B, N, C, K]
+            if n_pairs > 1:
+                h = (gg[..., None, :] * pair_onehot[..., None]).flatten(-2)  # [B, N, K, Q*E]
+                a = (ang @ h).unflatten(-1, (n_pairs, -1)).transpose(2, 3)  # [B, N, Q, C, E]
+            else:
+                a = (ang @ gg)[:, :, None]  # [B, N, 1, C, E]
+            out.append(2.0 * a[..., terms.combo_idx, terms.eta_idx])
+        return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
 
-        radial = []
-        if self._layout == "dscribe":
-            radial.append(fc[..., None])
-        if self._g2_eta.numel():
-            eta = self._g2_eta.to(dtype)
-            rs = self._g2_rs.to(dtype)
-            radial.append(torch.exp(-eta * (r[..., None] - rs) ** 2) * fc[..., None])
-        if self._g3_kappa.numel():
-            radial.append(torch.cos(r[..., None] * self._g3_kappa.to(dtype)) * fc[..., None])
-        parts = []
-        if radial:
-            rad = torch.cat(radial, dim=-1) if len(radial) > 1 else radial[0]
-            per_el = torch.einsum("bimf,ms->bisf", rad, onehot)  # [B, N, S, Fr]
-            parts.append(per_el)
-        ang_parts = []
-        if self._g4.n or self._g5.n:
-            dots = disp @ disp.transpose(-1, -2)  # [B, N, M, M]: d_ij . d_ik
-            inv_r = torch.where(inside, 1.0 / r, torch.zeros((), dtype=dtype, device=disp.device))
-            cos = dots * inv_r[..., :, None] * inv_r[..., None, :]
-            m = disp.shape[2]
-            offdiag = ~torch.eye(m, dtype=torch.bool, device=disp.device)
-            pairs = _pair_index(n_el, self._layout, disp.device)
-            for terms in (self._g4, self._g5):
-                if terms.n:
-                    ang_parts.append(terms(cos, r2, fc, inside, offdiag, onehot, pairs))
-        return self._assemble(parts, ang_parts)
-
-    def _assemble(self, radial: list[torch.Tensor], angular: list[torch.Tensor]) -> torch.Tensor:
+    def _assemble(self, radial: torch.Tensor | None, angular: torch.Tensor | None) -> torch.Tensor:
+        """Flatten ``[B, N, S, Fr]`` and ``[B, N, Q, Fa]`` in the layout's order."""
         blocks = []
-        if radial:
-            rad = radial[0]  # [B, N, S, Fr]
+        for block in (radial, angular):
+            if block is None:
+                continue
             if self._layout == "fung2022":
-                rad = rad.transpose(-1, -2)
-            blocks.append(rad.flatten(2))
-        if angular:
-            ang = torch.cat(angular, dim=-1) if len(angular) > 1 else angular[0]  # [B, N, P, Fa]
-            if self._layout == "fung2022":
-                ang = ang.transpose(-1, -2)
-            blocks.append(ang.flatten(2))
+                block = block.transpose(-1, -2)  # parameter-major, channel fastest
+            blocks.append(block.flatten(2))
         return torch.cat(blocks, dim=-1) if len(blocks) > 1 else blocks[0]
 
     def extra_repr(self) -> str:
@@ -519,79 +588,63 @@ class ACSF(Representation):
 
 
 class _AngularTerms(torch.nn.Module):
-    """G4 or G5 terms on the grid of their unique (zeta, lambda) and eta values."""
+    """G4 or G5 parameters, on the grid of their unique (zeta, lambda) and eta values."""
 
-    def __init__(self, params: list[list[float]], owner: ACSF, kind: str) -> None:
+    def __init__(self, params: list[list[float]], kind: str) -> None:
         super().__init__()
         self.kind = kind
         self.n = len(params)
-        self.owner_cutoff = owner._cutoff_fn
-        self.r_cut = owner.r_cut
         arr = np.asarray(params, dtype=np.float64).reshape(-1, 3)
-        combos = sorted({(z, lam) for _, z, lam in arr})
-        etas = sorted({eta for eta, _, _ in arr})
+        combos = sorted({(float(z), float(lam)) for _, z, lam in arr})
+        etas = sorted({float(eta) for eta, _, _ in arr})
+        lambdas = sorted({lam for _, lam in combos})
+        self.combos = [(z, lambdas.index(lam)) for z, lam in combos]
+        self.integer_zeta = all(z.is_integer() for z, _ in combos)
         self.register_buffer("eta", torch.tensor(etas, dtype=torch.float64), persistent=False)
+        self.register_buffer("lam", torch.tensor(lambdas, dtype=torch.float64), persistent=False)
         self.register_buffer(
             "zeta", torch.tensor([c[0] for c in combos], dtype=torch.float64), persistent=False
         )
         self.register_buffer(
-            "lam", torch.tensor([c[1] for c in combos], dtype=torch.float64), persistent=False
+            "lam_idx", torch.tensor([c[1] for c in self.combos], dtype=torch.long), persistent=False
         )
         self.register_buffer(
             "combo_idx",
-            torch.tensor([combos.index((z, lam)) for _, z, lam in arr], dtype=torch.long),
+            torch.tensor([combos.index((float(z), float(lam))) for _, z, lam in arr], dtype=torch.long),
             persistent=False,
         )
         self.register_buffer(
             "eta_idx",
-            torch.tensor([etas.index(eta) for eta, _, _ in arr], dtype=torch.long),
+            torch.tensor([etas.index(float(eta)) for eta, _, _ in arr], dtype=torch.long),
             persistent=False,
         )
-        self.integer_zeta = all(float(z).is_integer() for z, _ in combos)
 
-    def _angle_terms(self, cos: torch.Tensor) -> torch.Tensor:
-        """2 (0.5 (1 + lambda cos))^zeta for each (zeta, lambda): [B, N, C, M, M]."""
-        lam = self.lam.to(cos.dtype)[:, None, None]
-        base = (0.5 * (1.0 + lam * cos[:, :, None])).clamp_min(0.0)
-        return 2.0 * base ** self.zeta.to(cos.dtype)[:, None, None]
-
-    def forward(
-        self,
-        cos: torch.Tensor,
-        r2: torch.Tensor,
-        fc: torch.Tensor,
-        inside: torch.Tensor,
-        offdiag: torch.Tensor,
-        onehot: torch.Tensor,
-        pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        """Angular features per neighbour-element pair: ``[B, N, P, n_params]``."""
+    def angle_powers(self, cos: torch.Tensor) -> torch.Tensor:
+        """(0.5 (1 + lambda cos))^zeta for each unique (zeta, lambda): ``[..., C, K]``."""
         dtype = cos.dtype
-        ang = self._angle_terms(cos) * offdiag  # j == k is not a pair
-        g = torch.exp(-r2[..., None] * self.eta.to(dtype)) * fc[..., None]  # [B, N, M, E]
-        h = g[..., None, :] * onehot[:, :, None]  # [B, N, M, S, E]
-        b, n, m, s, e = h.shape
-        if self.kind == "g4":
-            # r_jk^2 = r_ij^2 + r_ik^2 - 2 d_ij.d_ik; the (j, k) factor exp(-eta r_jk^2) fc(r_jk).
-            rij = torch.sqrt(torch.where(inside, r2, torch.ones((), dtype=dtype, device=r2.device)))
-            dots = cos * rij[..., :, None] * rij[..., None, :]
-            rjk2 = (r2[..., :, None] + r2[..., None, :] - 2.0 * dots).clamp_min(0.0)
-            pair_ok = offdiag & inside[..., :, None] & inside[..., None, :]
-            one = torch.ones((), dtype=dtype, device=r2.device)
-            rjk = torch.sqrt(torch.where(pair_ok, rjk2, one))
-            fjk = self.owner_cutoff(rjk, pair_ok & (rjk <= self.r_cut))
-            w = torch.exp(-rjk2[..., None, :, :] * self.eta.to(dtype)[:, None, None]) * fjk[..., None, :, :]
-            full = ang[:, :, :, None] * w[:, :, None]  # [B, N, C, E, M, M]
-            hk = h.permute(0, 1, 4, 2, 3)[:, :, None]  # [B, N, 1, E, M, S]
-            t = full @ hk  # [B, N, C, E, M, S]
-            a = torch.einsum("bicejt,bijse->bistce", t, h)
-        else:
-            hk = h.reshape(b, n, 1, m, s * e)
-            t = (ang @ hk).reshape(b, n, -1, m, s, e)  # [B, N, C, M, T, E]
-            a = torch.einsum("bicjte,bijse->bistce", t, h)
-        first, second, weight = pairs
-        a = a[:, :, first, second] * weight.to(dtype)[:, None, None]  # [B, N, P, C, E]
-        return a[..., self.combo_idx, self.eta_idx]
+        bases = [(0.5 + (0.5 * lam) * cos).clamp_min(0.0) for lam in self.lam.tolist()]
+        if not self.integer_zeta:
+            base = torch.stack(bases, dim=-2)[..., self.lam_idx, :]
+            return base ** self.zeta.to(dtype)[:, None]
+        # Integer powers by repeated squaring: far cheaper than pow's exp(log) (zeta = 64).
+        squares: list[dict[int, torch.Tensor]] = [{1: b} for b in bases]
+        return torch.stack([_int_power(squares[li], int(z)) for z, li in self.combos], dim=-2)
+
+
+def _int_power(squares: dict[int, torch.Tensor], n: int) -> torch.Tensor:
+    """x^n from a cache of x^(2^k) (``squares[1] = x``), extended as needed."""
+    result = None
+    bit = 1
+    while n:
+        if bit not in squares:
+            half = squares[bit // 2]
+            squares[bit] = half * half
+        if n & 1:
+            result = squares[bit] if result is None else result * squares[bit]
+        n >>= 1
+        bit <<= 1
+    assert result is not None
+    return result
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -617,20 +670,32 @@ def _channels(z: torch.Tensor, species: list[int], device: torch.device) -> torc
     return torch.tensor([lookup[int(v)] for v in z], dtype=torch.long, device=device)
 
 
-def _pair_index(
-    n_el: int, layout: str, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Element pairs in output order, and the weight turning ordered sums into j<k sums.
+_TRIPLETS: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _cluster_triplets(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each atom i, its neighbour pairs j < k (j, k != i): two ``[N, (N-1)(N-2)/2]`` tensors."""
+    key = (n, str(device))
+    if key not in _TRIPLETS:
+        j, k = np.triu_indices(n, 1)
+        rows = [np.flatnonzero((j != i) & (k != i)) for i in range(n)]
+        jj = torch.as_tensor(np.stack([j[idx] for idx in rows]).reshape(n, -1), device=device)
+        kk = torch.as_tensor(np.stack([k[idx] for idx in rows]).reshape(n, -1), device=device)
+        _TRIPLETS[key] = (jj, kk)
+    return _TRIPLETS[key]
+
+
+def _pair_map(n_el: int, layout: str) -> list[list[int]]:
+    """``[a][b]`` -> output index of the unordered element pair {a, b}.
 
     dscribe orders pairs (a, b), a >= b, as (0,0), (1,0), (1,1), (2,0), ...; the
-    reference as ``combinations_with_replacement``: (0,0), (0,1), (0,2), (1,1), ...
-    The ordered sum over j != k counts an unordered same-element pair twice.
+    reference as ``itertools.combinations_with_replacement``: (0,0), (0,1), (0,2), (1,1), ...
     """
     if layout == "fung2022":
         pairs = list(itertools.combinations_with_replacement(range(n_el), 2))
     else:
         pairs = [(a, b) for a in range(n_el) for b in range(a + 1)]
-    first = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
-    second = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
-    weight = torch.tensor([0.5 if p[0] == p[1] else 1.0 for p in pairs], dtype=torch.float64, device=device)
-    return first, second, weight
+    table = [[0] * n_el for _ in range(n_el)]
+    for index, (a, b) in enumerate(pairs):
+        table[a][b] = table[b][a] = index
+    return table
