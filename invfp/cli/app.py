@@ -36,6 +36,8 @@ def _root(
 COMMANDS: list[tuple[str, str, str]] = [
     ("invfp.cli.plugins_cmd", "plugins", "plugins"),
     ("invfp.cli.version_cmd", "version", "version"),
+    ("invfp.cli.featurize_cmd", "featurize", "featurize"),
+    ("invfp.cli.data_cmd", "data", "data"),
 ]
 
 

@@ -543,7 +543,7 @@ class ACSF(Representation):
         unit = disp * inv_r[..., None]
         cos = (unit[:, rows, jj] * unit[:, rows, kk]).sum(-1)  # [B, N, K]
         pair_map = _pair_map(n_el, self._layout)
-        n_pairs = len(pair_map)
+        n_pairs = n_el * (n_el + 1) // 2
         if n_pairs > 1:
             ch_j, ch_k = channel[jj], channel[kk]
             lookup = torch.tensor(pair_map, dtype=torch.long, device=disp.device)

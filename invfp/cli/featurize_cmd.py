@@ -1,0 +1,99 @@
+"""``invfp featurize``: fingerprints of every frame of ASE-readable files, saved as .npy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are JSON (``r_cut=6.0``, ``'g2_params=[[1, 0]]'``), else strings."""
+    import json
+
+    from invfp.errors import ConfigError
+
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--param {item!r} is not key=value (e.g. --param r_cut=6.0)")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw  # a bare word such as cutoff=polynomial
+    return params
+
+
+def featurize(
+    files: Annotated[list[Path], typer.Argument(help="Structure files ASE can read (every frame is used).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .npy file (written atomically).")],
+    representation: Annotated[
+        str, typer.Option("--repr", help="Representation name (see `invfp plugins`).")
+    ] = "acsf",
+    preset: Annotated[
+        Optional[str], typer.Option(help="A preset of the representation, e.g. fung2022.")
+    ] = None,
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--param",
+            help="A parameter as key=value, value in JSON; repeat it: --param r_cut=6.0 --param 'g2_params=[[1,0]]'.",
+        ),
+    ] = None,
+    per_atom: Annotated[
+        bool, typer.Option("--per-atom", help="Per-atom features [B, N, F] instead of pooled [B, D].")
+    ] = False,
+    dtype: Annotated[str, typer.Option(help="Computation precision: float64 or float32.")] = "float64",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available).")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Structures per batch.")] = 256,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Compute the fingerprint of every frame of FILES and save them as one .npy array."""
+    from invfp.cli.app import error
+
+    if dtype not in ("float64", "float32"):
+        error(f"--dtype {dtype!r} is not allowed; use float64 or float32")
+    if batch_size < 1:
+        error("--batch-size must be >= 1")
+    params = _parse_params(param or [])
+    if preset is not None:
+        params["preset"] = preset
+    if per_atom:
+        params["pooling"] = None
+
+    import numpy as np
+    import torch
+    from ase.io import read
+
+    import invfp
+    from invfp.errors import InputError
+    from invfp.utils import atomic_write, resolve_device
+
+    rep = invfp.get_representation(representation, **params)
+    frames = []
+    for path in files:
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        try:
+            frames.extend(read(path, index=":"))
+        except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
+            raise InputError(f"{path}: ASE cannot read it ({type(exc).__name__}: {exc})") from exc
+    if not frames:
+        raise InputError("the files hold no structures")
+    values = rep.featurize(
+        frames,
+        batch_size=batch_size,
+        progress=progress,
+        dtype=getattr(torch, dtype),
+        device=resolve_device(device),
+    )
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, values)
+
+    atomic_write(output, write)
+    typer.echo(f"wrote {output}: {len(frames)} structures, array {list(values.shape)} ({rep.name})")
