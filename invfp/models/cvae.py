@@ -1,0 +1,167 @@
+"""The conditional VAE of Fung et al. (2022): p(R | y) for fingerprints R and a property y.
+
+Encoder ``[R_scaled, y_scaled] -> (mu, log_var)`` in a ``latent``-dimensional space,
+decoder ``[z, y_scaled] -> R_scaled``; both are MLPs of ``layers`` hidden layers of
+width ``hidden``. Loss per sample: squared reconstruction error summed over features +
+``beta`` x KL(q(z | R, y) || N(0, I)). Sampling draws z ~ N(0, I) for the target y and
+decodes; the result is mapped back to raw scale.
+
+Defaults are the paper's: 3 hidden layers, hidden 128, latent 25, beta 0.75, Adam lr
+1e-3, 2,000 epochs, batch 64, 80:20 validation split with the best checkpoint kept,
+min-max feature scaling (the paper's; measured on the 300 released Pt10 fingerprints it
+gives far more on-target samples than standardisation, whose larger reconstruction term
+drowns the condition: 96 % vs 57 % within ±0.1 eV/atom at 2.8 eV/atom after 500 epochs).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from invfp.components import Param, non_negative, positive, positive_int
+from invfp.errors import InputError
+from invfp.models.base import GenerativeModel, check_target
+from invfp.models.network import ScaledNetworkModel
+from invfp.models.scaling import METHODS
+from invfp.models.training import (
+    ACTIVATIONS,
+    check_training_data,
+    fraction,
+    mlp,
+    seeded_init,
+    split_indices,
+    train,
+)
+from invfp.utils import make_generator
+
+
+class _CVAENet(torch.nn.Module):
+    def __init__(self, dim: int, hidden: int, layers: int, latent: int, activation: str) -> None:
+        super().__init__()
+        self.latent = latent
+        self.encoder = mlp(dim + 1, hidden, layers, 2 * latent, activation)
+        self.decoder = mlp(latent + 1, hidden, layers, dim, activation)
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_var = self.encoder(torch.cat([x, y], dim=1)).chunk(2, dim=1)
+        return mu, log_var
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.cat([z, y], dim=1))
+
+
+class CVAE(ScaledNetworkModel, GenerativeModel):
+    """Conditional variational autoencoder of fingerprints given a scalar property."""
+
+    name = "cvae"
+    description = "Conditional VAE of fingerprints given a property (the paper's settings)."
+    parameters = {
+        "hidden": Param(128, "Width of each hidden layer.", check=positive_int),
+        "layers": Param(3, "Hidden layers in the encoder and in the decoder.", check=positive_int),
+        "latent": Param(25, "Latent dimension.", check=positive_int),
+        "beta": Param(0.75, "Weight of the KL term.", check=non_negative),
+        "lr": Param(1e-3, "Adam learning rate.", check=positive),
+        "epochs": Param(2000, "Maximum training epochs.", check=positive_int),
+        "batch_size": Param(64, "Mini-batch size.", check=positive_int),
+        "val_fraction": Param(
+            0.2, "Share of the data held out for validation and checkpoint choice (0: use the training loss).",
+            check=fraction,
+        ),
+        "patience": Param(None, "Stop after this many epochs without a better validation loss (None: never).",
+                          check=positive_int),
+        "weight_decay": Param(0.0, "Adam weight decay.", check=non_negative),
+        "scaling": Param("minmax", "Per-feature scaling fitted on the training data.", choices=METHODS),
+        "activation": Param("elu", "Hidden-layer activation.", choices=tuple(ACTIVATIONS)),
+        "dtype": Param("float32", "Floating-point type of the network.", choices=("float32", "float64")),
+    }
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._init_state()
+
+    def _build(self, dim: int, seed: int | None) -> _CVAENet:
+        p = self.params
+        net = seeded_init(seed, lambda: _CVAENet(dim, p["hidden"], p["layers"], p["latent"], p["activation"]))
+        return net.to(device=self.device, dtype=self.dtype)  # type: ignore[return-value]
+
+    def _loss(self, net: torch.nn.Module, batch: Any, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        x, y = batch
+        mu, log_var = net.encode(x, y)  # type: ignore[operator]
+        eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
+        z = mu + torch.exp(0.5 * log_var) * eps
+        recon = ((net.decode(z, y) - x) ** 2).sum(dim=1).mean()  # type: ignore[operator]
+        kl = (-0.5 * (1 + log_var - mu**2 - log_var.exp()).sum(dim=1)).mean()
+        return {"loss": recon + self.params["beta"] * kl, "recon": recon, "kl": kl}
+
+    def fit(
+        self,
+        R: np.ndarray,
+        y: np.ndarray,
+        *,
+        seed: int | None = None,
+        progress: bool = False,
+        device: Any = None,
+    ) -> dict[str, Any]:
+        """Train on raw fingerprints ``R`` ``[n, D]`` and properties ``y`` ``[n]``.
+
+        Returns:
+            A JSON-serialisable report: sizes, best epoch, best validation losses
+            (``best_val_loss``, ``best_val_recon``, ``best_val_kl``: per-sample means in
+            scaled units), epochs run, seconds and the per-epoch ``history``.
+
+        Raises:
+            InputError: malformed data or NaN/inf values (naming the first bad row).
+        """
+        R, y = check_training_data(R, y)
+        p = self.params
+        start = time.perf_counter()
+        train_idx, val_idx = split_indices(len(y), [p["val_fraction"]], seed)
+        has_val = val_idx.size > 0
+        self._prepare(R, y, train_idx, device)
+        self.net = self._build(self.dimension, seed)  # type: ignore[arg-type]
+        x, t = self._tensors(R, y)
+        train_data = (x[train_idx], t[train_idx, None])
+        val_data = (x[val_idx], t[val_idx, None]) if has_val else train_data
+        result = train(
+            self.net, self._loss, train_data, val_data,
+            epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], seed=seed,
+            patience=p["patience"], weight_decay=p["weight_decay"], progress=progress, description="cvae",
+        )
+        self.net.load_state_dict(result.best_state)
+        self.net.eval()
+        report = {
+            "kind": self.name,
+            "n_train": int(train_idx.size),
+            "n_val": int(val_idx.size),
+            "dimension": self.dimension,
+            "device": str(self.device),
+            **result.report(),
+            "seconds": time.perf_counter() - start,
+        }
+        self.training_summary = {k: v for k, v in report.items() if k != "history"}
+        return report
+
+    def sample(self, y_target: float, n: int, *, seed: int | None = None) -> np.ndarray:
+        """``n`` raw-scale fingerprints ``[n, D]`` (float64) for the property ``y_target``.
+
+        The latent noise is drawn on the CPU from ``seed``, so a seed gives the same
+        samples on every run (and, to float precision, on every device). Warns with
+        :class:`~invfp.models.base.TargetOutOfRangeWarning` outside the training range.
+        """
+        net = self._require_fitted()
+        value = check_target(y_target, self.y_range)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise InputError(f"number of samples must be an integer >= 1, got {n!r}")
+        gen = make_generator(seed, "cpu")
+        z = torch.randn((int(n), net.latent), generator=gen, dtype=self.dtype)
+        y_scaled = float(self.y_scaler.transform(value))  # type: ignore[union-attr]
+        out = []
+        with torch.no_grad():
+            for start in range(0, int(n), 65536):
+                zc = z[start : start + 65536].to(self.device)
+                yc = torch.full((zc.shape[0], 1), y_scaled, dtype=self.dtype, device=self.device)
+                out.append(net.decode(zc, yc).cpu().double().numpy())  # type: ignore[operator]
+        return self.scaler.inverse_transform(np.concatenate(out))  # type: ignore[union-attr]
