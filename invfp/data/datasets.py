@@ -98,14 +98,18 @@ class Dataset:
                 )
         pbcs = {tuple(bool(p) for p in frame.pbc) for frame in self.atoms}
         if len(pbcs) > 1:
-            raise DataError(f"{source or 'the data set'} mixes periodic and non-periodic frames: {sorted(pbcs)}")
+            raise DataError(
+                f"{source or 'the data set'} mixes periodic and non-periodic frames: {sorted(pbcs)}"
+            )
         self._hash: str | None = None
 
     def __len__(self) -> int:
         return len(self.atoms)
 
     def __repr__(self) -> str:
-        return f"Dataset({len(self)} × {self.formula}, {self.property} [{self.units}], source={self.source!r})"
+        return (
+            f"Dataset({len(self)} × {self.formula}, {self.property} [{self.units}], source={self.source!r})"
+        )
 
     @property
     def numbers(self) -> np.ndarray:
@@ -171,7 +175,11 @@ class Dataset:
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise DataError(f"subset index out of range for {len(self)} frames")
         return Dataset(
-            [self.atoms[int(i)] for i in idx], self.y[idx], property=self.property, units=self.units, source=self.source
+            [self.atoms[int(i)] for i in idx],
+            self.y[idx],
+            property=self.property,
+            units=self.units,
+            source=self.source,
         )
 
     def info(self) -> dict[str, Any]:
@@ -294,7 +302,9 @@ def select_formula(frames: list[ase.Atoms], formula: str | None, source: str) ->
         wanted = normalize_formula(formula)
         frames = [frame for frame in frames if frame.get_chemical_formula(mode="hill") == wanted]
         if not frames:
-            raise DataError(f"no frames of {source} have the composition {wanted}; it holds {_describe(counts)}")
+            raise DataError(
+                f"no frames of {source} have the composition {wanted}; it holds {_describe(counts)}"
+            )
     elif len(counts) > 1:
         raise DataError(
             f"{source} mixes compositions ({_describe(counts)}); a model needs one composition: "
@@ -365,7 +375,7 @@ def text_histogram(values: np.ndarray, *, bins: int = 12, width: int = 40) -> st
     digits = len(str(top))
     return "\n".join(
         f"[{lo:9.4f}, {hi:9.4f})  {int(c):>{digits}}  {'#' * round(width * c / top)}"
-        for lo, hi, c in zip(edges[:-1], edges[1:], counts)
+        for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)
     )
 
 
@@ -410,7 +420,11 @@ def _ensure_builtin(name: str, size: str, progress: bool) -> tuple[Path, Path]:
 def _save_arrays(frames: list[ase.Atoms], path: Path) -> None:
     from invfp.utils import atomic_write
 
-    columns = {k: np.array([frame.info[k] for frame in frames]) for k in available_keys(frames) if k in frames[0].info}
+    columns = {
+        k: np.array([frame.info[k] for frame in frames])
+        for k in available_keys(frames)
+        if k in frames[0].info
+    }
     arrays = {
         "numbers": frames[0].numbers,
         "positions": np.stack([f.positions for f in frames]),
@@ -438,8 +452,15 @@ def _read_builtin(name: str, size: str, progress: bool) -> list[ase.Atoms]:
     info_keys = [k for k in arrays if k.startswith("info/")]
     frames = []
     for i in range(len(arrays["positions"])):
-        atoms = Atoms(numbers=arrays["numbers"], positions=arrays["positions"][i], cell=arrays["cell"], pbc=arrays["pbc"])
-        atoms.calc = SinglePointCalculator(atoms, energy=float(arrays["energy"][i]), forces=arrays["forces"][i])
+        atoms = Atoms(
+            numbers=arrays["numbers"],
+            positions=arrays["positions"][i],
+            cell=arrays["cell"],
+            pbc=arrays["pbc"],
+        )
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=float(arrays["energy"][i]), forces=arrays["forces"][i]
+        )
         atoms.info.update({k[5:]: arrays[k][i].item() for k in info_keys})
         frames.append(atoms)
     return frames

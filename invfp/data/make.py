@@ -31,6 +31,7 @@ metadata and refuses to be extended with a different one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import threading
@@ -117,7 +118,9 @@ def make_dataset(
             written before the parameters have been checked.
     """
     path = Path(path)
-    recipe = _check_args(path, formula, relaxations, seed, calculator, box, min_distance, cell, fmax, max_steps)
+    recipe = _check_args(
+        path, formula, relaxations, seed, calculator, box, min_distance, cell, fmax, max_steps
+    )
     numbers = recipe.numbers()
     references = bulk_reference_energies(sorted(set(numbers)), calculator)
     e_ref = float(sum(references[z] for z in numbers))
@@ -169,7 +172,9 @@ def _check_args(
     max_steps: int,
 ) -> Recipe:
     if path.suffix != ".db":
-        raise DataError(f"the output {path} must be an ase.db file named *.db (convert later with `ase convert`)")
+        raise DataError(
+            f"the output {path} must be an ase.db file named *.db (convert later with `ase convert`)"
+        )
     if path.exists() and path.is_dir():
         raise DataError(f"the output {path} is a directory; give a file name ending in .db")
     for name, value in (("relaxations", relaxations), ("max_steps", max_steps)):
@@ -181,10 +186,21 @@ def _check_args(
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
             raise DataError(f"{name} must be a finite number > 0, got {value!r}")
     if 2 * box >= cell:
-        raise DataError(f"the start box (±{box} Å) does not fit in the {cell} Å cell; make the cell larger than {2 * box} Å")
+        raise DataError(
+            f"the start box (±{box} Å) does not fit in the {cell} Å cell; make the cell larger than {2 * box} Å"
+        )
     formula = normalize_formula(formula)
     get_calculator(calculator)
-    return Recipe(formula, int(seed), calculator, float(box), float(min_distance), float(cell), float(fmax), int(max_steps))
+    return Recipe(
+        formula,
+        int(seed),
+        calculator,
+        float(box),
+        float(min_distance),
+        float(cell),
+        float(fmax),
+        int(max_steps),
+    )
 
 
 def normalize_formula(formula: str) -> str:
@@ -196,7 +212,9 @@ def normalize_formula(formula: str) -> str:
         _atomic_numbers(parsed)
     except (ValueError, KeyError) as exc:
         why = f" ({exc})" if str(exc) else ""
-        raise DataError(f"cannot read the formula {formula!r}{why}; write it like 'Pt10' or 'Pt8Au2'") from exc
+        raise DataError(
+            f"cannot read the formula {formula!r}{why}; write it like 'Pt10' or 'Pt8Au2'"
+        ) from exc
     if len(parsed) < 2:
         raise DataError(f"the formula {formula!r} has fewer than 2 atoms; a cluster needs at least 2")
     return Formula.from_dict(parsed.count()).format("hill")
@@ -213,45 +231,51 @@ def _atomic_numbers(formula: Any) -> list[int]:
     return out
 
 
+IN_PROCESS_CALCULATORS = (
+    "emt", "lj", "morse", "tip3p", "tip4p", "eam", "tersoff", "ff", "asap", "gpaw", "hotbit", "lammpslib", "kim",
+)  # fmt: skip
+"""ASE calculator names that compute in this Python process (the others call external programs)."""
+
+
 def get_calculator(name: str) -> Any:
-    """A fresh ASE calculator by name; DataError when unknown or needing an external program."""
-    from ase.calculators.calculator import FileIOCalculator, get_calculator_class
+    """A fresh ASE calculator by name; DataError when unknown, missing or needing an external program."""
+    from ase.calculators.calculator import get_calculator_class
     from ase.calculators.names import names
 
     if not isinstance(name, str) or name not in names:
         raise DataError(
-            f"unknown calculator {name!r}; ASE calculators that need no external program here: "
+            f"unknown calculator {name!r}; ASE calculators usable here: {', '.join(python_calculators())}"
+        )
+    if name not in IN_PROCESS_CALCULATORS:
+        raise DataError(
+            f"the ASE calculator {name!r} runs an external program; invfp needs one that runs in Python: "
             f"{', '.join(python_calculators())}"
         )
     try:
         cls = get_calculator_class(name)
     except Exception as exc:  # noqa: BLE001 - any import failure means "not installed"
         raise DataError(f"the ASE calculator {name!r} is not available here ({exc}); try 'emt'") from exc
-    if isinstance(cls, type) and issubclass(cls, FileIOCalculator):
-        raise DataError(f"the ASE calculator {name!r} runs an external program; invfp needs one that runs in Python, e.g. 'emt'")
     try:
         return cls()
     except Exception as exc:  # noqa: BLE001 - a calculator that needs parameters
-        raise DataError(f"the ASE calculator {name!r} cannot be built without parameters ({exc}); try 'emt'") from exc
+        raise DataError(
+            f"the ASE calculator {name!r} cannot be built without parameters ({exc}); try 'emt'"
+        ) from exc
 
 
 def python_calculators() -> list[str]:
-    """ASE calculator names that import and build without arguments or external programs."""
+    """The in-process ASE calculators that import and build without arguments here."""
     import warnings
 
-    from ase.calculators.calculator import FileIOCalculator, get_calculator_class
-    from ase.calculators.names import names
+    from ase.calculators.calculator import get_calculator_class
 
     usable = []
-    for name in names:
+    for name in IN_PROCESS_CALCULATORS:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                cls = get_calculator_class(name)
-                if isinstance(cls, type) and issubclass(cls, FileIOCalculator):
-                    continue
-                cls()
-        except Exception:  # noqa: BLE001,S112 - anything failing is simply not usable
+                get_calculator_class(name)()
+        except Exception:  # noqa: BLE001,S112 - not installed or needs parameters: not usable by name
             continue
         usable.append(name)
     return usable
@@ -272,12 +296,16 @@ def bulk_reference_energies(numbers: list[int], calculator: str) -> dict[int, fl
         try:
             crystal = bulk(symbol, "fcc", a=PT_LATTICE_CONSTANT) if symbol == "Pt" else bulk(symbol)
         except Exception as exc:  # noqa: BLE001 - ASE has no default crystal for this element
-            raise DataError(f"no bulk reference crystal for {symbol} in ASE ({exc}); choose another element") from exc
+            raise DataError(
+                f"no bulk reference crystal for {symbol} in ASE ({exc}); choose another element"
+            ) from exc
         crystal.calc = get_calculator(calculator)
         try:
             energy = crystal.get_potential_energy()
         except Exception as exc:  # noqa: BLE001 - e.g. EMT has no parameters for the element
-            raise DataError(f"the calculator {calculator!r} cannot compute {symbol} ({type(exc).__name__}: {exc})") from exc
+            raise DataError(
+                f"the calculator {calculator!r} cannot compute {symbol} ({type(exc).__name__}: {exc})"
+            ) from exc
         out[z] = float(energy) / len(crystal)
     return out
 
@@ -356,7 +384,9 @@ def _worker_pool(workers: int, tasks: int) -> Iterator[ProcessPoolExecutor | Non
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _results(pool: ProcessPoolExecutor | None, todo: list[int], recipe: Recipe, workers: int) -> Iterator[tuple[int, _Relaxed]]:
+def _results(
+    pool: ProcessPoolExecutor | None, todo: list[int], recipe: Recipe, workers: int
+) -> Iterator[tuple[int, _Relaxed]]:
     """Relaxations in ``todo``, as they finish (in order without a pool)."""
     params = asdict(recipe)
     if pool is None:
@@ -366,7 +396,7 @@ def _results(pool: ProcessPoolExecutor | None, todo: list[int], recipe: Recipe, 
     queue = iter(todo)
     # A bounded number in flight keeps memory flat and lets an interruption stop quickly.
     pending: set[Future[tuple[int, _Relaxed]]] = {
-        pool.submit(relax_one, rid, params) for rid, _ in zip(queue, range(2 * workers))
+        pool.submit(relax_one, rid, params) for rid in itertools.islice(queue, 2 * workers)
     }
     while pending:
         finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -398,7 +428,9 @@ def _init_worker(parent_pid: int) -> None:
     threading.Thread(target=watchdog, daemon=True).start()
 
 
-def _write_relaxation(db: Any, rid: int, result: _Relaxed, numbers: list[int], recipe: Recipe, e_ref: float) -> None:
+def _write_relaxation(
+    db: Any, rid: int, result: _Relaxed, numbers: list[int], recipe: Recipe, e_ref: float
+) -> None:
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -406,7 +438,9 @@ def _write_relaxation(db: Any, rid: int, result: _Relaxed, numbers: list[int], r
     last = len(result.energies) - 1
     # One transaction per relaxation: after a crash it is either all there or absent.
     with db:
-        for step, (pos, energy, forces) in enumerate(zip(result.positions, result.energies, result.forces)):
+        for step, (pos, energy, forces) in enumerate(
+            zip(result.positions, result.energies, result.forces, strict=True)
+        ):
             atoms = Atoms(numbers=numbers, positions=pos, cell=[recipe.cell] * 3, pbc=False)
             atoms.calc = SinglePointCalculator(atoms, energy=float(energy), forces=forces)
             db.write(
@@ -422,21 +456,34 @@ def _check_or_set_metadata(db: Any, path: Path, recipe: Recipe, references: dict
     try:
         meta = db.metadata
     except Exception as exc:  # noqa: BLE001 - not SQLite or not an ase.db
-        raise DataError(f"{path} exists but is not a readable ase.db ({exc}); choose another output file") from exc
-    wanted = {"invfp_recipe": asdict(recipe), "bulk_reference_energies": {str(k): v for k, v in references.items()}}
+        raise DataError(
+            f"{path} exists but is not a readable ase.db ({exc}); choose another output file"
+        ) from exc
+    wanted = {
+        "invfp_recipe": asdict(recipe),
+        "bulk_reference_energies": {str(k): v for k, v in references.items()},
+    }
     if not meta:
         if db.count() > 0:
-            raise DataError(f"{path} already holds rows not made by `invfp data make`; choose another output file")
+            raise DataError(
+                f"{path} already holds rows not made by `invfp data make`; choose another output file"
+            )
         db.metadata = {**wanted, "property_units": {"formation_energy": "eV/atom", "energy": "eV"}}
         return
     have = meta.get("invfp_recipe")
     if have != wanted["invfp_recipe"]:
         diff = (
-            ", ".join(f"{k}: {have.get(k)!r} there, {v!r} asked" for k, v in wanted["invfp_recipe"].items() if have.get(k) != v)
+            ", ".join(
+                f"{k}: {have.get(k)!r} there, {v!r} asked"
+                for k, v in wanted["invfp_recipe"].items()
+                if have.get(k) != v
+            )
             if isinstance(have, dict)
             else "it has no invfp recipe"
         )
-        raise DataError(f"{path} was made with other settings ({diff}); use another output file or the same settings")
+        raise DataError(
+            f"{path} was made with other settings ({diff}); use another output file or the same settings"
+        )
 
 
 def _complete_relaxations(db: Any, max_steps: int) -> set[int]:
@@ -449,7 +496,9 @@ def _complete_relaxations(db: Any, max_steps: int) -> set[int]:
     steps: dict[int, list[tuple[int, bool, int]]] = {}
     for row in db.select(columns=["id", "key_value_pairs"], include_data=False):
         kv = row.key_value_pairs
-        steps.setdefault(int(kv["relaxation"]), []).append((int(kv["step"]), bool(kv.get("is_minimum")), row.id))
+        steps.setdefault(int(kv["relaxation"]), []).append(
+            (int(kv["step"]), bool(kv.get("is_minimum")), row.id)
+        )
     complete, broken = set(), []
     for rid, rows in steps.items():
         rows.sort()
