@@ -12,22 +12,22 @@ so log p(x | y) = log N(f(x; y); 0, I) + sum_layers sum (1 - m) s, exact and che
 ways. The last layer of every MLP starts at zero: the untrained flow is the identity.
 Training maximises the likelihood with invfp's shared loop (best checkpoint by
 held-out NLL); sampling draws z ~ N(0, temperature^2 I) and inverts the couplings.
+Scalers, device handling and the safetensors + config.json save/load come from
+:class:`invfp.models.network.ScaledNetworkModel`, as for the built-in cVAE.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from invfp.components import Param, non_negative, positive, positive_int
-from invfp.errors import InputError, InvfpError, ModelLoadError
+from invfp.errors import InputError
 from invfp.models.base import GenerativeModel, check_target
-from invfp.models.io import load_model_dir, load_state, save_model_dir
-from invfp.models.scaling import FeatureScaler
+from invfp.models.network import ScaledNetworkModel
 from invfp.models.training import (
     ACTIVATIONS,
     check_training_data,
@@ -35,10 +35,9 @@ from invfp.models.training import (
     mlp,
     seeded_init,
     split_indices,
-    torch_dtype,
     train,
 )
-from invfp.utils import make_generator, resolve_device
+from invfp.utils import make_generator
 
 _LOG_2PI = float(np.log(2 * np.pi))
 
@@ -70,19 +69,27 @@ class _Coupling(torch.nn.Module):
 
 
 class FlowNet(torch.nn.Module):
-    """A stack of conditional couplings: data ``x`` ``[n, d]`` <-> latent ``z`` ``[n, d]``."""
+    """Couplings on the free (non-constant) features of a ``D``-dimensional fingerprint.
 
-    def __init__(self, dim: int, n_layers: int, hidden: int, hidden_layers: int, activation: str) -> None:
+    ``log_prob`` takes scaled fingerprints ``[n, D]``; ``inverse`` returns them ``[n, D]``
+    with the constant features at 0 (their scaled value).
+    """
+
+    def __init__(
+        self, dim: int, free: torch.Tensor, n_layers: int, hidden: int, hidden_layers: int, activation: str
+    ) -> None:
         super().__init__()
+        self.dim = dim
+        self.register_buffer("free", free)
+        width = int(free.shape[0])
         gen = torch.Generator().manual_seed(0)
-        layers = []
+        layers, last = [], torch.zeros(width)
         for k in range(n_layers):
-            mask = torch.zeros(dim)
-            if dim > 1:
-                # alternate a random half with its complement so every feature is transformed
+            mask = torch.zeros(width)
+            if width > 1:
+                # a random half, then its complement, so every feature is transformed
                 if k % 2 == 0:
-                    keep = torch.randperm(dim, generator=gen)[: dim // 2]
-                    mask[keep] = 1.0
+                    mask[torch.randperm(width, generator=gen)[: width // 2]] = 1.0
                     last = mask
                 else:
                     mask = 1.0 - last
@@ -90,7 +97,8 @@ class FlowNet(torch.nn.Module):
         self.layers = torch.nn.ModuleList(layers)
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """log p(x | y) per row."""
+        """log p(x | y) per row, over the free features (nats)."""
+        x = x[:, self.free]
         logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for layer in self.layers:
             x, ld = layer(x, y)
@@ -98,20 +106,22 @@ class FlowNet(torch.nn.Module):
         return -0.5 * (x * x).sum(-1) - 0.5 * x.shape[-1] * _LOG_2PI + logdet
 
     def inverse(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Map latent ``z`` to data space given ``y``."""
+        """Latent ``z`` ``[n, free]`` to scaled fingerprints ``[n, D]`` given ``y``."""
         for layer in reversed(self.layers):
             z = layer.inverse(z, y)
-        return z
+        out = torch.zeros(z.shape[0], self.dim, dtype=z.dtype, device=z.device)
+        out[:, self.free] = z
+        return out
 
 
 def _nll_loss(net: torch.nn.Module, batch: Any, gen: torch.Generator) -> dict[str, torch.Tensor]:
     x, y = batch
-    # per-dimension NLL so that the loss scale does not grow with D
-    nll = -net.log_prob(x, y).mean() / x.shape[-1]
+    # per free dimension, so that the loss scale does not grow with D
+    nll = -net.log_prob(x, y).mean() / net.free.shape[0]  # type: ignore[operator,union-attr]
     return {"loss": nll}
 
 
-class ConditionalFlow(GenerativeModel):
+class ConditionalFlow(ScaledNetworkModel, GenerativeModel):
     """Conditional RealNVP of fingerprints R given a scalar property y."""
 
     name: ClassVar[str] = "flow"
@@ -125,7 +135,8 @@ class ConditionalFlow(GenerativeModel):
         "batch_size": Param(64, "Mini-batch size.", check=positive_int),
         "lr": Param(1e-3, "Adam learning rate.", check=positive),
         "weight_decay": Param(0.0, "Adam weight decay.", check=non_negative),
-        "val_fraction": Param(0.1, "Held-out fraction for the best checkpoint.", check=fraction),
+        "val_fraction": Param(0.1, "Held-out fraction for the best checkpoint (0: use the training NLL).",
+                              check=fraction),
         "patience": Param(50, "Stop after this many epochs without a better held-out NLL (None: never).",
                           check=positive_int),
         "temperature": Param(1.0, "Latent standard deviation when sampling (< 1: more typical samples).",
@@ -136,33 +147,20 @@ class ConditionalFlow(GenerativeModel):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.net: FlowNet | None = None
-        self.scaler: FeatureScaler | None = None
-        self.y_center = 0.0
-        self.y_scale = 1.0
-        self.device = torch.device("cpu")
+        self._init_state()
 
-    # -- internals ----------------------------------------------------------------
-    def _build(self, dim: int) -> FlowNet:
+    def _build(self, dim: int, seed: int | None) -> FlowNet:
+        # the scaler is set before _build both in fit (_prepare) and in load
+        assert self.scaler is not None and self.scaler.constant is not None
+        free = torch.as_tensor(np.flatnonzero(~self.scaler.constant), dtype=torch.long)
+        if free.numel() == 0:
+            raise InputError("every fingerprint feature is constant over the training data; nothing to learn")
         p = self.params
-        return FlowNet(dim, p["n_layers"], p["hidden"], p["hidden_layers"], p["activation"])
+        net = seeded_init(
+            seed, lambda: FlowNet(dim, free, p["n_layers"], p["hidden"], p["hidden_layers"], p["activation"])
+        )
+        return net.to(device=self.device, dtype=self.dtype)  # type: ignore[return-value]
 
-    def _require_fitted(self) -> tuple[FlowNet, FeatureScaler]:
-        if self.net is None or self.scaler is None:
-            raise InvfpError("the flow is not fitted; call fit() or load() first")
-        return self.net, self.scaler
-
-    def _tensors(self, R: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scaled, non-constant features and standardized y as tensors on the model's device."""
-        _, scaler = self._require_fitted()
-        assert scaler.constant is not None
-        Z = scaler.transform(R)[:, ~scaler.constant]
-        dtype = torch_dtype(self.params["dtype"])
-        x = torch.as_tensor(Z, dtype=dtype, device=self.device)
-        ys = torch.as_tensor((y - self.y_center) / self.y_scale, dtype=dtype, device=self.device)[:, None]
-        return x, ys
-
-    # -- the GenerativeModel interface ---------------------------------------------
     def fit(
         self,
         R: np.ndarray,
@@ -175,107 +173,73 @@ class ConditionalFlow(GenerativeModel):
         """Maximise the likelihood of ``R`` ``[n, D]`` given ``y`` ``[n]``.
 
         Returns:
-            ``best_val_loss`` (held-out NLL per dimension, scaled features, nats),
-            ``best_epoch``, ``epochs_run``, ``stopped_early``, ``history``, sizes and
-            the wall time in seconds.
+            A JSON-serialisable report: ``best_val_loss`` (held-out NLL per free
+            feature, scaled space, nats), ``best_epoch``, ``epochs_run``,
+            ``stopped_early``, sizes, ``free_features``, seconds and the ``history``.
+
+        Raises:
+            InputError: malformed data, NaN/inf values, or only constant features.
         """
-        start = time.perf_counter()
         R, y = check_training_data(R, y)
         p = self.params
-        self.device = resolve_device(device)
-        self.scaler = FeatureScaler(p["scaling"]).fit(R)
-        assert self.scaler.constant is not None
-        free = int((~self.scaler.constant).sum())
-        if free == 0:
-            raise InputError("every fingerprint feature is constant over the training data; nothing to learn")
-        self.y_center = float(y.mean())
-        self.y_scale = float(y.std()) or 1.0
-        self.y_range = (float(y.min()), float(y.max()))
-        self.dimension = int(R.shape[1])
-        dtype = torch_dtype(p["dtype"])
-        self.net = seeded_init(seed, lambda: self._build(free)).to(self.device, dtype)  # type: ignore[assignment]
+        start = time.perf_counter()
         if p["val_fraction"] > 0:
-            tr, va = split_indices(R.shape[0], [p["val_fraction"]], seed)
+            train_idx, val_idx = split_indices(len(y), [p["val_fraction"]], seed)
         else:  # no hold-out: the best checkpoint is chosen on the training data itself
-            tr = va = np.arange(R.shape[0])
-        x, ys = self._tensors(R, y)
+            train_idx, val_idx = np.arange(len(y)), np.arange(0)
+        self._prepare(R, y, train_idx, device)
+        self.net = self._build(self.dimension, seed)  # type: ignore[arg-type]
+        x, t = self._tensors(R, y)
+        train_data = (x[train_idx], t[train_idx, None])
+        val_data = (x[val_idx], t[val_idx, None]) if val_idx.size else train_data
         result = train(
-            self.net, _nll_loss, (x[tr], ys[tr]), (x[va], ys[va]),
+            self.net, _nll_loss, train_data, val_data,
             epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], seed=seed,
             patience=p["patience"], weight_decay=p["weight_decay"], progress=progress, description="flow",
         )
         self.net.load_state_dict(result.best_state)
         self.net.eval()
-        return {
+        report = {
+            "kind": self.name,
+            "n_train": int(train_idx.size),
+            "n_val": int(val_idx.size),
+            "dimension": self.dimension,
+            "free_features": int(self.net.free.shape[0]),
+            "device": str(self.device),
             **result.report(),
-            "n_train": int(len(tr)),
-            "n_val": int(len(va)) if p["val_fraction"] > 0 else 0,
-            "free_features": free,
             "seconds": time.perf_counter() - start,
         }
+        self.training_summary = {k: v for k, v in report.items() if k != "history"}
+        return report
 
     def nll(self, R: np.ndarray, y: np.ndarray) -> float:
-        """Mean negative log-likelihood per modelled feature (scaled space, nats) of ``R`` given ``y``."""
-        net, _ = self._require_fitted()
+        """Mean negative log-likelihood per free feature (scaled space, nats) of ``R`` given ``y``."""
+        net = self._require_fitted()
         R, y = check_training_data(R, y, min_samples=1)
         if R.shape[1] != self.dimension:
             raise InputError(f"the flow was fitted on D={self.dimension} features, got D={R.shape[1]}")
-        x, ys = self._tensors(R, y)
+        x, t = self._tensors(R, y)
         with torch.no_grad():
-            return float(-net.log_prob(x, ys).mean() / x.shape[-1])
+            return float(-net.log_prob(x, t[:, None]).mean() / net.free.shape[0])  # type: ignore[operator]
 
     def sample(self, y_target: float, n: int, *, seed: int | None = None) -> np.ndarray:
-        """``n`` raw-scale fingerprints ``[n, D]`` (float64) for the target property."""
-        net, scaler = self._require_fitted()
-        assert scaler.constant is not None
+        """``n`` raw-scale fingerprints ``[n, D]`` (float64) for the property ``y_target``.
+
+        The latent noise is drawn on the CPU from ``seed``, so a seed gives the same
+        samples on every device (to float precision).
+        """
+        net = self._require_fitted()
         value = check_target(y_target, self.y_range)
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise InputError(f"number of samples must be an integer >= 1, got {n!r}")
-        dtype = torch_dtype(self.params["dtype"])
-        gen = make_generator(seed, self.device)
-        free = int((~scaler.constant).sum())
-        z = torch.randn(int(n), free, generator=gen, device=self.device, dtype=dtype) * self.params["temperature"]
-        ys = torch.full((int(n), 1), (value - self.y_center) / self.y_scale, device=self.device, dtype=dtype)
+        gen = make_generator(seed, "cpu")
+        z = torch.randn((int(n), int(net.free.shape[0])), generator=gen, dtype=self.dtype)
+        z = z * self.params["temperature"]
+        y_scaled = float(self.y_scaler.transform(value))  # type: ignore[union-attr]
+        out = []
         with torch.no_grad():
-            x = net.inverse(z, ys).cpu().numpy().astype(np.float64)
-        Z = np.zeros((int(n), scaler.dim))
-        Z[:, ~scaler.constant] = x
-        return scaler.inverse_transform(Z)
-
-    def save(self, directory: str | Path) -> None:
-        """Write ``weights.safetensors`` and ``config.json`` (params, scaler, y scaling) atomically."""
-        net, scaler = self._require_fitted()
-        assert self.y_range is not None
-        config = {
-            "params": self.params,
-            "dimension": self.dimension,
-            "free_features": int((~scaler.constant).sum()) if scaler.constant is not None else 0,
-            "scaler": scaler.to_dict(),
-            "y_center": self.y_center,
-            "y_scale": self.y_scale,
-            "y_range": list(self.y_range),
-        }
-        save_model_dir(directory, kind=self.name, config=config, tensors=net.state_dict())
-
-    @classmethod
-    def load(cls, directory: str | Path) -> ConditionalFlow:
-        """Rebuild a fitted flow saved by :meth:`save` (on the CPU); never unpickles."""
-        config, tensors = load_model_dir(directory, kind=cls.name)
-        try:
-            model = cls(**config["params"])
-            model.scaler = FeatureScaler.from_dict(config["scaler"])
-            model.dimension = int(config["dimension"])
-            model.y_center = float(config["y_center"])
-            model.y_scale = float(config["y_scale"])
-            model.y_range = (float(config["y_range"][0]), float(config["y_range"][1]))
-            free = int(config["free_features"])
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ModelLoadError(f"{directory}: config.json of the flow is incomplete or invalid ({exc})") from exc
-        assert model.scaler.constant is not None
-        if model.scaler.dim != model.dimension or int((~model.scaler.constant).sum()) != free:
-            raise ModelLoadError(f"{directory}: scaler statistics do not match the flow's dimensions; tampered")
-        net = model._build(free).to(dtype=torch_dtype(model.params["dtype"]))
-        load_state(net, tensors, directory)
-        net.eval()
-        model.net = net
-        return model
+            for start in range(0, int(n), 65536):
+                zc = z[start : start + 65536].to(self.device)
+                yc = torch.full((zc.shape[0], 1), y_scaled, dtype=self.dtype, device=self.device)
+                out.append(net.inverse(zc, yc).cpu().double().numpy())  # type: ignore[operator]
+        return self.scaler.inverse_transform(np.concatenate(out))  # type: ignore[union-attr]
