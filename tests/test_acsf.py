@@ -181,6 +181,11 @@ def test_conformance_crystal(pooling):
     testing.check_representation(rep, bulk("NaCl", "rocksalt", a=5.64))
 
 
+def test_conformance_fung2022_cluster():
+    atoms = Atoms("Pt10", positions=_pt10(1, seed=8)[0], cell=[20.0] * 3)
+    testing.check_representation(ACSF.fung2022(), atoms)
+
+
 def test_float32_agrees_with_float64():
     rep = ACSF.fung2022()
     pos = _pt10(8, seed=6)

@@ -265,12 +265,14 @@ class ACSF(Representation):
 
         g2 = torch.tensor(params["g2_params"], dtype=torch.float64).reshape(-1, 2)
         g3 = torch.tensor(params["g3_params"], dtype=torch.float64).reshape(-1)
+        if self._layout == "dscribe":
+            g2 = torch.cat([torch.zeros(1, 2, dtype=torch.float64), g2])  # G1 is G2 with eta = 0
         self.register_buffer("_g2_eta", g2[:, 0].contiguous(), persistent=False)
         self.register_buffer("_g2_rs", g2[:, 1].contiguous(), persistent=False)
         self.register_buffer("_g3_kappa", g3, persistent=False)
         self._g4 = _AngularTerms(params["g4_params"], "g4")
         self._g5 = _AngularTerms(params["g5_params"], "g5")
-        self.n_radial = (0 if self._layout == "fung2022" else 1) + len(g2) + len(g3)
+        self.n_radial = len(g2) + len(g3)
         """Radial values per neighbour element."""
         self.n_angular = self._g4.n + self._g5.n
         """Angular values per neighbour-element pair."""
@@ -340,7 +342,8 @@ class ACSF(Representation):
         if self.pooling is None:
             return feats
         if self.pooling == "maxmin":
-            return torch.cat([feats.amax(dim=1), feats.amin(dim=1)], dim=-1)
+            # max/min with indices: their backward is a scatter, far cheaper than amax's tie masks
+            return torch.cat([feats.max(dim=1).values, feats.min(dim=1).values], dim=-1)
         if self.pooling == "mean":
             return feats.mean(dim=1)
         return feats.sum(dim=1)
@@ -461,20 +464,27 @@ class ACSF(Representation):
         inside = valid & (r <= self.r_cut)
         return r2, r, inside, self._cutoff_fn(r, inside)
 
-    def _radial_values(self, r: torch.Tensor) -> torch.Tensor | None:
-        """G1, G2, G3 values per neighbour without the cutoff factor: ``[..., n_radial]``."""
-        dtype = r.dtype
-        values = []
-        if self._layout == "dscribe":
-            values.append(torch.ones_like(r)[..., None])
+    def _radial(
+        self, r: torch.Tensor, fc: torch.Tensor, targets: list[torch.Tensor], rows: int
+    ) -> torch.Tensor:
+        """G1, G2, G3 summed into rows ``[B, rows, n_radial]``.
+
+        ``r``, ``fc`` ``[B, P]`` are pair distances and cutoffs; pair p adds to row
+        ``t[p]`` for each ``t`` in ``targets`` (a row is an atom and an element channel).
+        """
+        blocks = []
         if self._g2_eta.numel():
-            diff = r[..., None] - self._g2_rs.to(dtype)
-            values.append(torch.exp(diff * diff * -self._g2_eta.to(dtype)))
+            dtype = r.dtype
+            blocks.append(
+                _GaussianSum.apply(r, fc, self._g2_eta.to(dtype), self._g2_rs.to(dtype), targets, rows)
+            )
         if self._g3_kappa.numel():
-            values.append(torch.cos(r[..., None] * self._g3_kappa.to(dtype)))
-        if not values:
-            return None
-        return torch.cat(values, dim=-1) if len(values) > 1 else values[0]
+            values = torch.cos(r[..., None] * self._g3_kappa.to(r.dtype)) * fc[..., None]
+            out = values.new_zeros(values.shape[0], rows, values.shape[-1])
+            for target in targets:
+                out = out.index_add(1, target, values)
+            blocks.append(out)
+        return torch.cat(blocks, dim=-1) if len(blocks) > 1 else blocks[0]
 
     def _cluster(self, positions: torch.Tensor, channel: torch.Tensor, n_el: int) -> torch.Tensor:
         """Per-atom features of isolated structures (no images): every atom is a neighbour."""
@@ -485,17 +495,11 @@ class ACSF(Representation):
         r2, r, inside, fc = self._distances(disp, valid)
         radial = None
         if self.n_radial:
-            # Each unordered pair once (r_ij = r_ji), spread to both atoms and to the
-            # other atom's element channel by one matrix product.
+            # Each unordered pair once (r_ij = r_ji), added to both atoms' rows, in the
+            # other atom's element channel.
             iu, ju = torch.triu_indices(n, n, 1, device=device)
-            values = self._radial_values(r[:, iu, ju])  # [B, P, F]
-            n_pairs = iu.shape[0]
-            incidence = torch.zeros(n * n_el, n_pairs, dtype=positions.dtype, device=device)
-            cols = torch.arange(n_pairs, device=device)
-            incidence[iu * n_el + channel[ju], cols] = 1.0
-            incidence[ju * n_el + channel[iu], cols] = 1.0
-            weights = incidence * fc[:, iu, ju][:, None, :]  # [B, N*S, P]
-            radial = (weights @ values).reshape(b, n, n_el, -1)
+            targets = [iu * n_el + channel[ju], ju * n_el + channel[iu]]
+            radial = self._radial(r[:, iu, ju], fc[:, iu, ju], targets, n * n_el).reshape(b, n, n_el, -1)
         angular = None
         if self.n_angular:
             jj, kk = _cluster_triplets(n, device)
@@ -509,9 +513,10 @@ class ACSF(Representation):
         r2, r, inside, fc = self._distances(disp, valid)
         radial = None
         if self.n_radial:
-            values = self._radial_values(r) * fc[..., None]  # [B, N, M, F]
-            onehot = torch.nn.functional.one_hot(channel, n_el).to(disp.dtype)
-            radial = torch.einsum("bimf,ms->bisf", values, onehot)
+            b, n, m = r.shape
+            rows = torch.arange(n, device=r.device)[:, None] * n_el + channel  # [N, M]
+            radial = self._radial(r.reshape(b, n * m), fc.reshape(b, n * m), [rows.reshape(-1)], n * n_el)
+            radial = radial.reshape(b, n, n_el, -1)
         angular = None
         if self.n_angular:
             m = disp.shape[2]
@@ -585,6 +590,50 @@ class ACSF(Representation):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.params.items() if k not in ("g2_params", "g5_params"))
+
+
+class _GaussianSum(torch.autograd.Function):
+    """Row sums of f_c(r_p) exp(-eta (r_p - R_s)^2) with a hand-written backward.
+
+    This is the hot spot of reconstruction (140 Gaussians per pair for fung2022).
+    Autograd would keep four ``[B, P, F]`` intermediates and run about ten passes
+    over them; here the forward keeps only the Gaussians and the backward is one
+    gather, one product and one small matrix product.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        r: torch.Tensor,
+        fc: torch.Tensor,
+        eta: torch.Tensor,
+        rs: torch.Tensor,
+        targets: list[torch.Tensor],
+        rows: int,
+    ) -> torch.Tensor:
+        gauss = r[..., None] - rs
+        gauss.square_().mul_(-eta).exp_()  # [B, P, F]
+        values = gauss * fc[..., None]
+        out = values.new_zeros(values.shape[0], rows, values.shape[-1])
+        for target in targets:
+            out.index_add_(1, target, values)
+        ctx.save_for_backward(r, fc, gauss, eta, rs)
+        ctx.targets = targets
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        r, fc, gauss, eta, rs = ctx.saved_tensors
+        g = grad.index_select(1, ctx.targets[0])
+        for target in ctx.targets[1:]:
+            g = g + grad.index_select(1, target)
+        g = g * gauss  # [B, P, F]: d out / d (pair value), times the Gaussian
+        # sums over F of g, g eta and g eta R_s in one product
+        sums = g @ torch.stack([torch.ones_like(eta), eta, eta * rs], dim=-1)  # [B, P, 3]
+        grad_fc = sums[..., 0]
+        # d/dr exp(-eta (r - R_s)^2) = -2 eta (r - R_s) exp(...)
+        grad_r = 2.0 * fc * (sums[..., 2] - r * sums[..., 1])
+        return grad_r, grad_fc, None, None, None, None
 
 
 class _AngularTerms(torch.nn.Module):
