@@ -232,3 +232,26 @@ def test_failed_save_leaves_the_previous_directory_intact(fitted, tmp_path):
         io.save_bundle(tmp_path / "m", generator=cvae, surrogate=broken, representation_config={}, property="e")
     assert (tmp_path / "m" / "config.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary left behind
+
+
+def test_cli_generate_and_score_a_bundle(fitted, tmp_path):
+    from typer.testing import CliRunner
+
+    from invfp.cli.app import app
+
+    cvae, _, sur, _ = fitted
+    io.save_bundle(tmp_path / "b", generator=cvae, surrogate=sur, representation_config={"name": "x"},
+                   property="energy", units="eV/atom")
+    runner = CliRunner()
+    out = tmp_path / "R.npy"
+    res = runner.invoke(app, ["generate", str(tmp_path / "b"), "--target", "2.0", "--n", "50", "--seed", "3",
+                              "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(np.load(out), cvae.sample(2.0, 50, seed=3))
+    res = runner.invoke(app, ["score", str(tmp_path / "b"), str(out), "--target", "2.0", "--json"])
+    assert res.exit_code == 0, res.output
+    scored = json.loads(res.stdout)
+    err = np.abs(sur.predict(np.load(out)) - 2.0)
+    assert scored["mae"] == pytest.approx(err.mean()) and scored["within_delta"] == pytest.approx((err <= 0.1).mean())
+    res = runner.invoke(app, ["generate", str(tmp_path / "b"), "-t", "9.0", "--n", "2", "-o", str(out)])
+    assert res.exit_code == 0 and "above the training range" in res.output

@@ -38,6 +38,9 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("invfp.cli.version_cmd", "version", "version"),
     ("invfp.cli.featurize_cmd", "featurize", "featurize"),
     ("invfp.cli.data_cmd", "data", "data"),
+    ("invfp.cli.train_cmd", "train", "train"),
+    ("invfp.cli.generate_cmd", "generate", "generate"),
+    ("invfp.cli.score_cmd", "score", "score"),
 ]
 
 

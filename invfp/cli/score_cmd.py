@@ -1,0 +1,65 @@
+"""``invfp score``: the surrogate's property predictions for fingerprints in a .npy file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def score(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory written by `invfp train`.")],
+    fingerprints: Annotated[Path, typer.Argument(help=".npy file of fingerprints [n, D] (raw scale).")],
+    target: Annotated[Optional[float], typer.Option("--target", "-t", help="Compare with this target.")] = None,
+    delta: Annotated[float, typer.Option(help="Half-width of the on-target window.")] = 0.1,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Also save the predictions [n] as .npy.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Predict the property of each fingerprint with the bundle's surrogate; with --target, score them."""
+    from invfp.cli.app import error
+
+    if delta <= 0:
+        error(f"--delta must be > 0, got {delta}")
+
+    import numpy as np
+
+    from invfp.errors import InputError
+    from invfp.models.io import load_bundle
+    from invfp.utils import atomic_write
+
+    if not fingerprints.is_file():
+        raise InputError(f"{fingerprints}: no such file")
+    b = load_bundle(bundle)
+    try:
+        R = np.load(fingerprints, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{fingerprints} is not a readable .npy array of numbers: {exc}") from exc
+    if R.ndim == 1:
+        R = R[None]
+    if not np.issubdtype(R.dtype, np.number) or R.ndim != 2 or R.shape[0] == 0:
+        raise InputError(f"{fingerprints} holds an array of shape {R.shape} and dtype {R.dtype}; expected [n, D] numbers")
+    pred = b.surrogate.predict(R)
+    if output is not None:
+        from invfp.cli.generate_cmd import _save
+
+        atomic_write(output, lambda tmp: _save(tmp, pred))
+    result: dict[str, object] = {
+        "n": int(pred.size), "property": b.property, "units": b.units,
+        "mean": float(pred.mean()), "std": float(pred.std()), "min": float(pred.min()), "max": float(pred.max()),
+    }
+    if target is not None:
+        err = np.abs(pred - target)
+        result.update(target=target, delta=delta, mae=float(err.mean()), within_delta=float((err <= delta).mean()))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    units = f" {b.units}" if b.units else ""
+    typer.echo(f"{pred.size} fingerprints: predicted {b.property} mean {result['mean']:.4g}{units} "
+               f"(std {result['std']:.4g}, min {result['min']:.4g}, max {result['max']:.4g})")
+    if target is not None:
+        typer.echo(f"target {target:g}{units}: MAE {result['mae']:.4g}{units}, "
+                   f"{100 * result['within_delta']:.1f} % within ±{delta:g}{units}")
