@@ -310,11 +310,17 @@ def test_cli_featurize(tmp_path):
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "A.npy").shape == (2, 3, 2 * 2)
 
+    bad = runner.invoke(app, ["featurize", str(path), "--param", "rcut=5", "-o", str(out)])
+    assert isinstance(bad.exception, ConfigError) and "did you mean 'r_cut'" in str(bad.exception)
+    species = 'species=["H", "O"]'
     bad = runner.invoke(
-        app, ["featurize", str(path), "--repr", "acsf", "--param", "r_cut=five", "-o", str(out)]
+        app, ["featurize", str(path), "--param", species, "--param", "r_cut=five", "-o", str(out)]
     )
-    assert bad.exit_code != 0
+    assert isinstance(bad.exception, ConfigError) and "r_cut" in str(bad.exception)
     missing = runner.invoke(
         app, ["featurize", str(tmp_path / "nope.xyz"), "--preset", "fung2022", "-o", str(out)]
     )
-    assert missing.exit_code != 0
+    assert isinstance(missing.exception, InputError) and "no such file" in str(missing.exception)
+    unknown = runner.invoke(app, ["featurize", str(path), "--repr", "acsff", "-o", str(out)])
+    assert "did you mean 'acsf'" in str(unknown.exception)
+    np.testing.assert_allclose(np.load(out), want)  # failed runs left the earlier output intact

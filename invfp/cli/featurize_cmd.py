@@ -72,17 +72,19 @@ def featurize(
     from invfp.errors import InputError
     from invfp.utils import atomic_write, resolve_device
 
-    rep = invfp.get_representation(representation, **params)
-    frames = []
     for path in files:
         if not path.is_file():
             raise InputError(f"{path}: no such file")
+    rep = invfp.get_representation(representation, **params)
+    frames = []
+    for path in files:
         try:
-            frames.extend(read(path, index=":"))
+            found = read(path, index=":")
         except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
             raise InputError(f"{path}: ASE cannot read it ({type(exc).__name__}: {exc})") from exc
-    if not frames:
-        raise InputError("the files hold no structures")
+        if not found:
+            raise InputError(f"{path}: no structures found (is it a structure file ASE can read?)")
+        frames.extend(found)
     values = rep.featurize(
         frames,
         batch_size=batch_size,

@@ -224,8 +224,11 @@ class ACSF(Representation):
         pooling: str | None = "maxmin",
         cutoff: str = "cosine",
         preset: str | None = None,
+        **unknown: Any,
     ) -> None:
         super().__init__()
+        if unknown:  # resolve_params names the allowed ones and the closest match
+            self.resolve_params(unknown)
         given = {
             "species": species,
             "r_cut": r_cut,
@@ -291,9 +294,9 @@ class ACSF(Representation):
                 if key in ("pooling", "periodic") and value == defaults[key]:
                     continue
                 values[key] = value
-            elif value is not None and value != defaults[key] and not _same(value, values[key]):
+            elif value is not None and not _same(value, defaults[key]) and not _same(value, values[key]):
                 raise ConfigError(
-                    f"preset {preset!r} fixes {key} (= {values[key]!r}); drop preset=... to set "
+                    f"preset {preset!r} fixes {key}{_shown(values[key])}; drop preset=... to set "
                     f"{key} yourself, or pass only {', '.join(_PRESET_FREE[:-1])} with the preset"
                 )
         values["preset"] = preset
@@ -588,8 +591,13 @@ class ACSF(Representation):
             blocks.append(block.flatten(2))
         return torch.cat(blocks, dim=-1) if len(blocks) > 1 else blocks[0]
 
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.params.items() if k not in ("g2_params", "g5_params"))
+    def __repr__(self) -> str:
+        shown = {"preset": self.preset} if self.preset else {"r_cut": self.r_cut}
+        shown.update(species=self.species, pooling=self.pooling, periodic=self.periodic)
+        counts = {k: len(self.params[k]) for k in ("g2_params", "g3_params", "g4_params", "g5_params")}
+        inner = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+        terms = ", ".join(f"{k[:2].upper()}: {n}" for k, n in counts.items() if n)
+        return f"ACSF({inner}; {terms or 'G1 only'})"
 
 
 class _GaussianSum(torch.autograd.Function):
@@ -694,6 +702,11 @@ def _int_power(squares: dict[int, torch.Tensor], n: int) -> torch.Tensor:
         bit <<= 1
     assert result is not None
     return result
+
+
+def _shown(value: Any) -> str:
+    """`` (= value)`` for short values; long parameter lists are not repeated in messages."""
+    return f" (= {value!r})" if not isinstance(value, list) or len(value) <= 3 else f" ({len(value)} terms)"
 
 
 def _same(a: Any, b: Any) -> bool:
