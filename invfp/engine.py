@@ -222,6 +222,7 @@ class Pipeline:
                     verdicts=mine,
                     accepted=all(mine[v.name].accepted for v in self.filters),
                     true_property=None if true_value is None else float(true_value),
+                    fingerprint=fingerprints[k],
                 )
             )
         return records

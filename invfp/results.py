@@ -8,6 +8,8 @@ Layout of a run directory::
                       validator's verdict and value, the true property, the structure)
     accepted.extxyz   the structures every filter accepted
     summary.json      per target: generated, accepted, MAE and share within the window
+    reference.npz     fingerprints ``R`` and property ``y`` of the data the model learned
+                      from (optional; ``invfp report`` plots them beside the samples)
 
 Rows are written per chunk (one target, a fixed slice of its samples) in ONE ase.db
 transaction, so an interrupted run (Ctrl-C, ``kill -9``) leaves only whole chunks; a
@@ -34,7 +36,7 @@ from invfp.validators.base import Verdict
 if TYPE_CHECKING:
     import ase
 
-FILES = ("config.json", "calibration.json", "results.db", "accepted.extxyz", "summary.json")
+FILES = ("config.json", "calibration.json", "results.db", "accepted.extxyz", "summary.json", "reference.npz")
 
 
 @dataclasses.dataclass
@@ -57,6 +59,8 @@ class SampleRecord:
     """Whether every filter accepted the structure (the oracle does not filter)."""
     true_property: float | None = None
     """The oracle's value of the property, when an oracle ran."""
+    fingerprint: np.ndarray | None = None
+    """The generated fingerprint R the structure was reconstructed from (stored in row data)."""
 
     def key_value_pairs(self) -> dict[str, Any]:
         """Flat, queryable ase.db columns (``v_<validator>`` and ``v_<validator>_ok``)."""
@@ -180,16 +184,13 @@ class ResultsStore:
             for record in records:
                 atoms = record.atoms.copy()
                 atoms.info.clear()
-                db.write(
-                    atoms,
-                    key_value_pairs=record.key_value_pairs(),
-                    data={
-                        "restart_losses": [float(x) for x in record.restart_losses],
-                        "verdicts": {
-                            name: [bool(v.accepted), v.value, v.detail] for name, v in record.verdicts.items()
-                        },
-                    },
-                )
+                data: dict[str, Any] = {
+                    "restart_losses": [float(x) for x in record.restart_losses],
+                    "verdicts": {name: [bool(v.accepted), v.value, v.detail] for name, v in record.verdicts.items()},
+                }
+                if record.fingerprint is not None:
+                    data["fingerprint"] = np.asarray(record.fingerprint, dtype=np.float64)
+                db.write(atoms, key_value_pairs=record.key_value_pairs(), data=data)
 
     def records(self) -> list[SampleRecord]:
         """Every stored sample, ordered by target index then sample index."""
@@ -217,10 +218,24 @@ class ResultsStore:
                     verdicts=verdicts,
                     accepted=bool(kvp["accepted"]),
                     true_property=kvp.get("true_property"),
+                    fingerprint=data.get("fingerprint"),
                 )
             )
         out.sort(key=lambda r: (r.target_index, r.sample))
         return out
+
+    def write_reference(self, fingerprints: Any, values: Any) -> Path:
+        """Store the data the model learned from (``reference.npz``: ``R`` [n, D], ``y`` [n]) for reports."""
+        R = np.asarray(fingerprints, dtype=np.float64)
+        y = np.asarray(values, dtype=np.float64).reshape(-1)
+        if R.ndim != 2 or len(R) != len(y):
+            raise InputError(f"reference data needs R [n, D] and y [n], got shapes {R.shape} and {y.shape}")
+
+        def save(path: Path) -> None:
+            with open(path, "wb") as handle:  # a file object: np.savez would append .npz to the temp name
+                np.savez(handle, R=R, y=y)
+
+        return atomic_write(self.directory / "reference.npz", save)
 
     # -- outputs -----------------------------------------------------------------------
     def write_outputs(self, records: Sequence[SampleRecord], summary: Mapping[str, Any]) -> None:
