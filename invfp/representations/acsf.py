@@ -475,18 +475,18 @@ class ACSF(Representation):
         ``r``, ``fc`` ``[B, P]`` are pair distances and cutoffs; pair p adds to row
         ``t[p]`` for each ``t`` in ``targets`` (a row is an atom and an element channel).
         """
+        dtype = r.dtype
+        incidence = torch.zeros(rows, r.shape[1], dtype=dtype, device=r.device)
+        cols = torch.arange(r.shape[1], device=r.device)
+        for target in targets:
+            incidence[target, cols] = 1.0
         blocks = []
         if self._g2_eta.numel():
-            dtype = r.dtype
-            blocks.append(
-                _GaussianSum.apply(r, fc, self._g2_eta.to(dtype), self._g2_rs.to(dtype), targets, rows)
-            )
+            eta, rs = self._g2_eta.to(dtype), self._g2_rs.to(dtype)
+            blocks.append(_GaussianSum.apply(r, fc, eta, rs, incidence))
         if self._g3_kappa.numel():
-            values = torch.cos(r[..., None] * self._g3_kappa.to(r.dtype)) * fc[..., None]
-            out = values.new_zeros(values.shape[0], rows, values.shape[-1])
-            for target in targets:
-                out = out.index_add(1, target, values)
-            blocks.append(out)
+            values = torch.cos(r[..., None] * self._g3_kappa.to(dtype)) * fc[..., None]
+            blocks.append(incidence @ values)
         return torch.cat(blocks, dim=-1) if len(blocks) > 1 else blocks[0]
 
     def _cluster(self, positions: torch.Tensor, channel: torch.Tensor, n_el: int) -> torch.Tensor:
@@ -601,12 +601,14 @@ class ACSF(Representation):
 
 
 class _GaussianSum(torch.autograd.Function):
-    """Row sums of f_c(r_p) exp(-eta (r_p - R_s)^2) with a hand-written backward.
+    """Row sums ``A @ [f_c(r_p) exp(-eta (r_p - R_s)^2)]`` with a hand-written backward.
 
     This is the hot spot of reconstruction (140 Gaussians per pair for fung2022).
-    Autograd would keep four ``[B, P, F]`` intermediates and run about ten passes
-    over them; here the forward keeps only the Gaussians and the backward is one
-    gather, one product and one small matrix product.
+    Autograd would keep four ``[B, P, F]`` intermediates and run about ten passes over
+    them; here the forward keeps only the Gaussians and the backward is one matrix
+    product, one elementwise product and one small matrix product. The values are laid
+    out pair-major ``[P, B, F]`` so that the sum over pairs is a single large GEMM with
+    the 0/1 incidence matrix ``A`` ``[rows, P]`` instead of B small ones.
     """
 
     @staticmethod
@@ -616,32 +618,29 @@ class _GaussianSum(torch.autograd.Function):
         fc: torch.Tensor,
         eta: torch.Tensor,
         rs: torch.Tensor,
-        targets: list[torch.Tensor],
-        rows: int,
+        incidence: torch.Tensor,
     ) -> torch.Tensor:
-        gauss = r[..., None] - rs
-        gauss.square_().mul_(-eta).exp_()  # [B, P, F]
-        values = gauss * fc[..., None]
-        out = values.new_zeros(values.shape[0], rows, values.shape[-1])
-        for target in targets:
-            out.index_add_(1, target, values)
-        ctx.save_for_backward(r, fc, gauss, eta, rs)
-        ctx.targets = targets
-        return out
+        r_t, fc_t = r.t().contiguous(), fc.t().contiguous()  # [P, B]
+        gauss = r_t[..., None] - rs
+        gauss.square_().mul_(-eta).exp_()  # [P, B, F]
+        values = gauss * fc_t[..., None]
+        p, b, f = values.shape
+        out = (incidence @ values.view(p, b * f)).view(-1, b, f)  # [rows, B, F]
+        ctx.save_for_backward(r_t, fc_t, gauss, eta, rs, incidence)
+        return out.transpose(0, 1)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        r, fc, gauss, eta, rs = ctx.saved_tensors
-        g = grad.index_select(1, ctx.targets[0])
-        for target in ctx.targets[1:]:
-            g = g + grad.index_select(1, target)
-        g = g * gauss  # [B, P, F]: d out / d (pair value), times the Gaussian
+        r_t, fc_t, gauss, eta, rs, incidence = ctx.saved_tensors
+        p, b, f = gauss.shape
+        grad_rows = grad.transpose(0, 1).reshape(-1, b * f)  # [rows, B * F]
+        g = (incidence.t() @ grad_rows).view(p, b, f).mul_(gauss)  # d out / d value, times the Gaussian
         # sums over F of g, g eta and g eta R_s in one product
-        sums = g @ torch.stack([torch.ones_like(eta), eta, eta * rs], dim=-1)  # [B, P, 3]
-        grad_fc = sums[..., 0]
+        sums = g @ torch.stack([torch.ones_like(eta), eta, eta * rs], dim=-1)  # [P, B, 3]
+        grad_fc = sums[..., 0].t()
         # d/dr exp(-eta (r - R_s)^2) = -2 eta (r - R_s) exp(...)
-        grad_r = 2.0 * fc * (sums[..., 2] - r * sums[..., 1])
-        return grad_r, grad_fc, None, None, None, None
+        grad_r = (2.0 * fc_t * (sums[..., 2] - r_t * sums[..., 1])).t()
+        return grad_r, grad_fc, None, None, None
 
 
 class _AngularTerms(torch.nn.Module):
