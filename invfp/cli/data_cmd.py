@@ -25,8 +25,8 @@ def make(
         Path, typer.Option("--output", "-o", help="Output ase.db file (*.db); resumed if it exists.")
     ],
     relaxations: Annotated[
-        int, typer.Option(help="Number of relaxations (each ~240 frames for Pt10).")
-    ] = 150,
+        int, typer.Option(help="Number of relaxations (about 210 frames each for Pt10).")
+    ] = 160,
     seed: Annotated[int, typer.Option(help="Base seed; relaxation r uses (seed, r).")] = 0,
     formula: Annotated[str, typer.Option(help="Composition, e.g. Pt10 or Pt8Au2.")] = "Pt10",
     calculator: Annotated[
@@ -48,8 +48,8 @@ def make(
         error(
             f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)} (use --formula for other compositions)"
         )
-    from invfp.data import make_dataset, read_frames
-    from invfp.data.datasets import property_values
+    from invfp.data import make_dataset
+    from invfp.data.make import row_keys
 
     path = make_dataset(
         output,
@@ -65,12 +65,12 @@ def make(
         workers=workers,
         progress=True,
     )
-    frames = read_frames(path)
-    y = property_values(frames, "formation_energy", str(path))
-    minima = int(sum(bool(f.info.get("is_minimum")) for f in frames))
+    keys = [kv for _, kv in row_keys(path)]
+    y = [kv["formation_energy"] for kv in keys]
     typer.echo(
-        f"{path}: {len(frames)} frames ({minima} minima) from {relaxations} relaxations; "
-        f"formation energy {y.min():.3f} to {y.max():.3f} eV/atom"
+        f"{path}: {len(keys)} frames ({sum(bool(kv.get('is_minimum')) for kv in keys)} minima) from "
+        f"{len({kv['relaxation'] for kv in keys})} relaxations; formation energy {min(y):.3f} to "
+        f"{max(y):.3f} eV/atom"
     )
 
 

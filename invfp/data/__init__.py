@@ -4,7 +4,7 @@ The API the model, engine and reconstruction code build on::
 
     from invfp.data import load, featurize, furthest_point_sampling, train_val_split, make_dataset
 
-    ds = load()                                  # built-in Pt10-EMT: ~35,000 frames, made once, cached
+    ds = load()                                  # built-in Pt10-EMT: ~33,800 frames, made once, cached
     ds = load("pt10-emt", size="small")          # ~500 frames, for tests and --quick runs
     ds = load("my.extxyz", property="energy", formula="Pt10")
     ds.atoms, ds.y, ds.numbers, ds.cell, ds.pbc, ds.units, len(ds), ds.subset(idx), ds.info()
@@ -13,7 +13,7 @@ The API the model, engine and reconstruction code build on::
     idx = furthest_point_sampling(R, 3000)       # deterministic, spread-out subset
     train, val = train_val_split(len(idx))       # 80:20
 
-    make_dataset("pt10.db", formula="Pt10", relaxations=150, seed=0)   # resumable, all cores
+    make_dataset("pt10.db", formula="Pt10", relaxations=160, seed=0)   # resumable, all cores
 
 - :func:`make_dataset` (``invfp.data.make``): random clusters relaxed with FIRE under
   an ASE calculator; every frame kept with ``formation_energy`` (eV/atom),

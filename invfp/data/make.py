@@ -4,7 +4,7 @@ The recipe of invfp's built-in Pt10-EMT set (DESIGN.md, "The embedded default"),
 generalised to any composition and any ASE calculator that runs in Python::
 
     from invfp.data import make_dataset
-    make_dataset("pt10.db", formula="Pt10", relaxations=150, seed=0)
+    make_dataset("pt10.db", formula="Pt10", relaxations=160, seed=0)
 
 Each relaxation ``r`` starts from atoms placed uniformly at random in a ``±box`` Å
 cube (no two closer than ``min_distance``), centred in a cubic cell of ``cell`` Å
@@ -53,7 +53,8 @@ PT_LATTICE_CONSTANT = 3.92
 RECIPE_VERSION = 1
 """Bumped whenever the recipe changes what it writes for the same parameters."""
 
-_PLACEMENT_ATTEMPTS = 2000
+_PLACEMENT_TRIES = 1000  # draws per atom before the configuration starts again
+_PLACEMENT_RESTARTS = 20
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def make_dataset(
     path: str | os.PathLike[str],
     *,
     formula: str = "Pt10",
-    relaxations: int = 150,
+    relaxations: int = 160,
     seed: int = 0,
     calculator: str = "emt",
     box: float = 3.5,
@@ -135,7 +136,9 @@ def make_dataset(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path, blocking=False):
-        db = ase.db.connect(str(path), type="db", append=True)
+        # ASE's own lock file would outlive a kill -9 and block every rerun forever;
+        # file_lock above already makes this the only writer.
+        db = ase.db.connect(str(path), type="db", append=True, use_lock_file=False)
         _check_or_set_metadata(db, path, recipe, references)
         done = _complete_relaxations(db, max_steps)
         todo = [r for r in range(relaxations) if r not in done]
@@ -316,9 +319,9 @@ def random_start(n: int, box: float, min_distance: float, rng: np.random.Generat
     Atoms are placed one at a time (rejection sampling); after many failures the whole
     configuration starts again. Raises DataError when it cannot be done.
     """
-    for _ in range(_PLACEMENT_ATTEMPTS // 20):
+    for _ in range(_PLACEMENT_RESTARTS):
         pos = np.empty((0, 3))
-        for _ in range(_PLACEMENT_ATTEMPTS):
+        for _ in range(_PLACEMENT_TRIES):
             p = rng.uniform(-box, box, 3)
             if len(pos) == 0 or np.min(np.linalg.norm(pos - p, axis=1)) >= min_distance:
                 pos = np.vstack([pos, p])
@@ -494,10 +497,9 @@ def _complete_relaxations(db: Any, max_steps: int) -> set[int]:
     a minimum or at ``max_steps``.
     """
     steps: dict[int, list[tuple[int, bool, int]]] = {}
-    for row in db.select(columns=["id", "key_value_pairs"], include_data=False):
-        kv = row.key_value_pairs
+    for row_id, kv in row_keys(db.filename):
         steps.setdefault(int(kv["relaxation"]), []).append(
-            (int(kv["step"]), bool(kv.get("is_minimum")), row.id)
+            (int(kv["step"]), bool(kv.get("is_minimum")), row_id)
         )
     complete, broken = set(), []
     for rid, rows in steps.items():
@@ -510,6 +512,19 @@ def _complete_relaxations(db: Any, max_steps: int) -> set[int]:
     if broken:
         db.delete(broken)
     return complete
+
+
+def row_keys(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
+    """(row id, key-value pairs) of every row of an ase.db, straight from SQLite.
+
+    About 100 times faster than ``ase.db``'s ``select`` (which takes seconds for 30,000
+    rows); ase.db keeps the pairs as JSON in the ``systems`` table.
+    """
+    import json
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as con:
+        return [(int(i), json.loads(kv)) for i, kv in con.execute("SELECT id, key_value_pairs FROM systems")]
 
 
 @contextlib.contextmanager
