@@ -41,6 +41,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("invfp.cli.train_cmd", "train", "train"),
     ("invfp.cli.generate_cmd", "generate", "generate"),
     ("invfp.cli.score_cmd", "score", "score"),
+    ("invfp.cli.report_cmd", "report", "report"),
 ]
 
 
