@@ -1,17 +1,21 @@
 """A conditional normalizing flow p(R | y): RealNVP affine couplings conditioned on y.
 
-The flow works on standardized fingerprints (:class:`invfp.models.scaling.FeatureScaler`).
-Features that are constant on the training data are left out of the flow (a zero-
-variance dimension has no density) and restored exactly by the scaler. Each coupling
-layer keeps a fixed random half of the features, and shifts and scales the other half
-by an MLP of (kept half, standardized y)::
+Fingerprints are scaled per feature (:class:`invfp.models.scaling.FeatureScaler`), then
+projected on their k leading principal components (those holding ``variance`` of the
+training variance, at most n - 1) and whitened. The flow models those k values u:
+fingerprint features are strongly correlated (Pt10 ACSF: D = 380 with n = 100-300
+training structures), and a flow on all D directions learns a density collapsed onto
+the data's subspace whose samples leave it. Each coupling layer keeps a fixed random
+half of u, and shifts and scales the other half by an MLP of (kept half, standardized
+y)::
 
     x' = m * x + (1 - m) * (x * exp(s) + t),   (s, t) = MLP(m * x, y),  s = 2 tanh(raw / 2)
 
-so log p(x | y) = log N(f(x; y); 0, I) + sum_layers sum (1 - m) s, exact and cheap both
+so log p(u | y) = log N(f(u; y); 0, I) + sum_layers sum (1 - m) s, exact and cheap both
 ways. The last layer of every MLP starts at zero: the untrained flow is the identity.
 Training maximises the likelihood with invfp's shared loop (best checkpoint by
-held-out NLL); sampling draws z ~ N(0, temperature^2 I) and inverts the couplings.
+held-out NLL); sampling draws z ~ N(0, temperature^2 I), inverts the couplings and maps
+u back to raw-scale fingerprints (constant features come back exactly).
 Scalers, device handling and the safetensors + config.json save/load come from
 :class:`invfp.models.network.ScaledNetworkModel`, as for the built-in cVAE.
 """
@@ -42,6 +46,12 @@ from invfp.utils import make_generator
 _LOG_2PI = float(np.log(2 * np.pi))
 
 
+def _unit_interval(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        return "must be a number in (0, 1]"
+    return None
+
+
 class _Coupling(torch.nn.Module):
     """One affine coupling layer with a fixed binary mask and y as context."""
 
@@ -69,55 +79,57 @@ class _Coupling(torch.nn.Module):
 
 
 class FlowNet(torch.nn.Module):
-    """Couplings on the free (non-constant) features of a ``D``-dimensional fingerprint.
+    """Couplings on the whitened principal components of scaled fingerprints ``[n, D]``.
 
-    ``log_prob`` takes scaled fingerprints ``[n, D]``; ``inverse`` returns them ``[n, D]``
-    with the constant features at 0 (their scaled value).
+    ``center`` ``[D]``, ``basis`` ``[k, D]`` (orthonormal rows) and ``std`` ``[k]`` are
+    buffers filled by :meth:`ConditionalFlow.fit` (and saved with the weights).
+    ``log_prob`` takes scaled fingerprints; ``inverse`` returns them.
     """
 
-    def __init__(
-        self, dim: int, free: torch.Tensor, n_layers: int, hidden: int, hidden_layers: int, activation: str
-    ) -> None:
+    def __init__(self, dim: int, k: int, n_layers: int, hidden: int, hidden_layers: int, activation: str) -> None:
         super().__init__()
-        self.dim = dim
-        self.register_buffer("free", free)
-        width = int(free.shape[0])
+        self.register_buffer("center", torch.zeros(dim))
+        self.register_buffer("basis", torch.zeros(k, dim))
+        self.register_buffer("std", torch.ones(k))
         gen = torch.Generator().manual_seed(0)
-        layers, last = [], torch.zeros(width)
-        for k in range(n_layers):
-            mask = torch.zeros(width)
-            if width > 1:
-                # a random half, then its complement, so every feature is transformed
-                if k % 2 == 0:
-                    mask[torch.randperm(width, generator=gen)[: width // 2]] = 1.0
+        layers, last = [], torch.zeros(k)
+        for i in range(n_layers):
+            mask = torch.zeros(k)
+            if k > 1:
+                # a random half, then its complement, so every component is transformed
+                if i % 2 == 0:
+                    mask[torch.randperm(k, generator=gen)[: k // 2]] = 1.0
                     last = mask
                 else:
                     mask = 1.0 - last
             layers.append(_Coupling(mask, hidden, hidden_layers, activation))
         self.layers = torch.nn.ModuleList(layers)
 
+    @property
+    def k(self) -> int:
+        """Number of modelled components."""
+        return int(self.std.shape[0])
+
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """log p(x | y) per row, over the free features (nats)."""
-        x = x[:, self.free]
-        logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        """log p(u | y) per row of the whitened components u of ``x`` (nats)."""
+        u = ((x - self.center) @ self.basis.T) / self.std
+        logdet = torch.zeros(u.shape[0], dtype=u.dtype, device=u.device)
         for layer in self.layers:
-            x, ld = layer(x, y)
+            u, ld = layer(u, y)
             logdet = logdet + ld
-        return -0.5 * (x * x).sum(-1) - 0.5 * x.shape[-1] * _LOG_2PI + logdet
+        return -0.5 * (u * u).sum(-1) - 0.5 * u.shape[-1] * _LOG_2PI + logdet
 
     def inverse(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Latent ``z`` ``[n, free]`` to scaled fingerprints ``[n, D]`` given ``y``."""
+        """Latent ``z`` ``[n, k]`` to scaled fingerprints ``[n, D]`` given ``y``."""
         for layer in reversed(self.layers):
             z = layer.inverse(z, y)
-        out = torch.zeros(z.shape[0], self.dim, dtype=z.dtype, device=z.device)
-        out[:, self.free] = z
-        return out
+        return (z * self.std) @ self.basis + self.center
 
 
 def _nll_loss(net: torch.nn.Module, batch: Any, gen: torch.Generator) -> dict[str, torch.Tensor]:
     x, y = batch
-    # per free dimension, so that the loss scale does not grow with D
-    nll = -net.log_prob(x, y).mean() / net.free.shape[0]  # type: ignore[operator,union-attr]
+    # per component, so that the loss scale does not grow with k
+    nll = -net.log_prob(x, y).mean() / net.k  # type: ignore[operator,union-attr]
     return {"loss": nll}
 
 
@@ -139,6 +151,10 @@ class ConditionalFlow(ScaledNetworkModel, GenerativeModel):
                               check=fraction),
         "patience": Param(50, "Stop after this many epochs without a better held-out NLL (None: never).",
                           check=positive_int),
+        "variance": Param(
+            0.999, "Share of the (scaled) feature variance kept as principal components for the flow.",
+            check=_unit_interval,
+        ),
         "temperature": Param(1.0, "Latent standard deviation when sampling (< 1: more typical samples).",
                              check=positive),
         "scaling": Param("standard", "Feature scaling before the flow.", choices=("standard", "minmax")),
@@ -150,16 +166,29 @@ class ConditionalFlow(ScaledNetworkModel, GenerativeModel):
         self._init_state()
 
     def _build(self, dim: int, seed: int | None) -> FlowNet:
-        # the scaler is set before _build both in fit (_prepare) and in load
-        assert self.scaler is not None and self.scaler.constant is not None
-        free = torch.as_tensor(np.flatnonzero(~self.scaler.constant), dtype=torch.long)
-        if free.numel() == 0:
-            raise InputError("every fingerprint feature is constant over the training data; nothing to learn")
+        # fit() and ScaledNetworkModel.load() both set training_summary before building
+        k = int(self.training_summary["components"])
         p = self.params
         net = seeded_init(
-            seed, lambda: FlowNet(dim, free, p["n_layers"], p["hidden"], p["hidden_layers"], p["activation"])
+            seed, lambda: FlowNet(dim, k, p["n_layers"], p["hidden"], p["hidden_layers"], p["activation"])
         )
         return net.to(device=self.device, dtype=self.dtype)  # type: ignore[return-value]
+
+    def _principal_components(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Center, basis ``[k, D]`` and std ``[k]`` of scaled training fingerprints ``X``.
+
+        k is the fewest components holding ``variance`` of the total, at most n - 1
+        (more directions than samples have no density to learn).
+        """
+        center = X.mean(axis=0)
+        _, sv, vt = np.linalg.svd(X - center, full_matrices=False)
+        var = sv**2 / max(X.shape[0] - 1, 1)
+        total = var.sum()
+        if not total > 0:
+            raise InputError("every fingerprint feature is constant over the training data; nothing to learn")
+        k = int(np.searchsorted(np.cumsum(var) / total, self.params["variance"] - 1e-12) + 1)
+        k = max(1, min(k, int((var > total * 1e-12).sum()), X.shape[0] - 1))
+        return center, vt[:k], np.sqrt(var[:k])
 
     def fit(
         self,
@@ -173,9 +202,10 @@ class ConditionalFlow(ScaledNetworkModel, GenerativeModel):
         """Maximise the likelihood of ``R`` ``[n, D]`` given ``y`` ``[n]``.
 
         Returns:
-            A JSON-serialisable report: ``best_val_loss`` (held-out NLL per free
-            feature, scaled space, nats), ``best_epoch``, ``epochs_run``,
-            ``stopped_early``, sizes, ``free_features``, seconds and the ``history``.
+            A JSON-serialisable report: ``best_val_loss`` (held-out NLL per
+            component, whitened principal components, nats), ``best_epoch``,
+            ``epochs_run``, ``stopped_early``, sizes, ``components`` (k), seconds and
+            the ``history``.
 
         Raises:
             InputError: malformed data, NaN/inf values, or only constant features.
@@ -188,8 +218,13 @@ class ConditionalFlow(ScaledNetworkModel, GenerativeModel):
         else:  # no hold-out: the best checkpoint is chosen on the training data itself
             train_idx, val_idx = np.arange(len(y)), np.arange(0)
         self._prepare(R, y, train_idx, device)
-        self.net = self._build(self.dimension, seed)  # type: ignore[arg-type]
         x, t = self._tensors(R, y)
+        center, basis, std = self._principal_components(x[train_idx].double().cpu().numpy())
+        self.training_summary = {"components": int(std.shape[0])}
+        net = self._build(self.dimension, seed)  # type: ignore[arg-type]
+        for name, value in (("center", center), ("basis", basis), ("std", std)):
+            getattr(net, name).copy_(torch.as_tensor(value))
+        self.net = net
         train_data = (x[train_idx], t[train_idx, None])
         val_data = (x[val_idx], t[val_idx, None]) if val_idx.size else train_data
         result = train(
@@ -204,7 +239,7 @@ class ConditionalFlow(ScaledNetworkModel, GenerativeModel):
             "n_train": int(train_idx.size),
             "n_val": int(val_idx.size),
             "dimension": self.dimension,
-            "free_features": int(self.net.free.shape[0]),
+            "components": net.k,
             "device": str(self.device),
             **result.report(),
             "seconds": time.perf_counter() - start,
@@ -213,14 +248,14 @@ class ConditionalFlow(ScaledNetworkModel, GenerativeModel):
         return report
 
     def nll(self, R: np.ndarray, y: np.ndarray) -> float:
-        """Mean negative log-likelihood per free feature (scaled space, nats) of ``R`` given ``y``."""
+        """Mean negative log-likelihood per component (whitened principal components, nats) of ``R`` given ``y``."""
         net = self._require_fitted()
         R, y = check_training_data(R, y, min_samples=1)
         if R.shape[1] != self.dimension:
             raise InputError(f"the flow was fitted on D={self.dimension} features, got D={R.shape[1]}")
         x, t = self._tensors(R, y)
         with torch.no_grad():
-            return float(-net.log_prob(x, t[:, None]).mean() / net.free.shape[0])  # type: ignore[operator]
+            return float(-net.log_prob(x, t[:, None]).mean() / net.k)  # type: ignore[operator]
 
     def sample(self, y_target: float, n: int, *, seed: int | None = None) -> np.ndarray:
         """``n`` raw-scale fingerprints ``[n, D]`` (float64) for the property ``y_target``.
@@ -233,7 +268,7 @@ class ConditionalFlow(ScaledNetworkModel, GenerativeModel):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise InputError(f"number of samples must be an integer >= 1, got {n!r}")
         gen = make_generator(seed, "cpu")
-        z = torch.randn((int(n), int(net.free.shape[0])), generator=gen, dtype=self.dtype)
+        z = torch.randn((int(n), net.k), generator=gen, dtype=self.dtype)  # type: ignore[arg-type]
         z = z * self.params["temperature"]
         y_scaled = float(self.y_scaler.transform(value))  # type: ignore[union-attr]
         out = []

@@ -44,7 +44,8 @@ def test_fit_lowers_held_out_nll(fitted):
     assert 1.2 < before < 1.6
     assert after < before - 0.5, (before, after)
     assert report["best_val_loss"] == pytest.approx(min(report["history"]["val_loss"]))
-    assert report["free_features"] == 4 and report["n_train"] == 900 and report["n_val"] == 100
+    # x3 is constant and x4 = 100 x2 + 5 + N(0, 1) duplicates x2: 3 components hold 99.9 %
+    assert report["components"] == 3 and report["n_train"] == 900 and report["n_val"] == 100
 
 
 def test_conditioning_moves_samples(fitted):
