@@ -84,11 +84,14 @@ def test_made_frames_match_a_direct_emt_call(small_db):
     assert ds.y.max() > 2.0  # random starts lie far above
 
 
-def test_builtin_small_set_is_the_recipe_and_is_cached(small_db):
+def test_builtin_small_set_is_the_recipe_and_is_cached(small_db, tmp_path):
     first = load("pt10-emt", size="small")
     assert first.content_hash() == load(small_db).content_hash()
     again = load("pt10-emt", size="small")  # from the cache (no new relaxation)
     assert again.content_hash() == first.content_hash()
+    (arrays,) = (tmp_path / "cache" / "datasets").glob("*.npz")
+    arrays.unlink()  # rebuilt from the cached ase.db
+    assert load("pt10-emt", size="small").content_hash() == first.content_hash()
     assert np.array_equal(again.column("is_minimum"), first.column("is_minimum"))
     assert again.atoms[5].get_forces().shape == (10, 3)
 
@@ -275,6 +278,17 @@ def test_energy_from_calculator_results(small_db):
     ds = load(small_db, property="energy")
     assert ds.units == "eV"
     np.testing.assert_allclose(ds.y, [a.get_potential_energy() for a in ds.atoms])
+
+
+def test_plain_ase_db_keeps_row_order(tmp_path):
+    import ase.db
+
+    db = ase.db.connect(tmp_path / "plain.db", use_lock_file=False)
+    for i, gap in enumerate([0.5, 0.1, 0.3]):
+        db.write(_cluster("Pt3", i), gap=gap)
+    ds = load(tmp_path / "plain.db", property="gap")
+    assert ds.y.tolist() == [0.5, 0.1, 0.3] and ds.units == ""
+    np.testing.assert_allclose(ds.atoms[1].positions, _cluster("Pt3", 1).positions)
 
 
 def test_unreadable_and_missing_sources(tmp_path):

@@ -409,11 +409,12 @@ def _ensure_builtin(name: str, size: str, progress: bool) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     # Concurrent first uses wait for one another instead of writing the same file twice.
     with file_lock(db_path, blocking=True):
-        if not (db_path.exists() and arrays_path.exists()):
+        if not db_path.exists():  # the partial file resumes an interrupted first use
             partial = folder / f"{name}-{size}-{key}.partial.db"
             make_dataset(partial, progress=progress, **params)
-            _save_arrays(read_frames(partial), arrays_path)
             os.replace(partial, db_path)
+        if not arrays_path.exists():  # NumPy arrays: reloads in seconds, not minutes
+            _save_arrays(read_frames(db_path), arrays_path)
     return db_path, arrays_path
 
 
