@@ -186,6 +186,21 @@ def test_conformance_fung2022_cluster():
     testing.check_representation(ACSF.fung2022(), atoms)
 
 
+def test_chunked_batches_equal_one_batch(monkeypatch):
+    import invfp.representations.acsf as acsf_module
+
+    rep = ACSF.fung2022()
+    pos = torch.as_tensor(_pt10(7, seed=9)).requires_grad_(True)
+    whole = rep(pos, [78] * 10)
+    (grad_whole,) = torch.autograd.grad(whole.sum(), pos)
+    monkeypatch.setattr(acsf_module, "_CHUNK_BYTES", 50_000)  # a few structures per chunk
+    assert rep._cluster_chunk(10, 1, 8) < 7
+    chunked = rep(pos, [78] * 10)
+    (grad_chunked,) = torch.autograd.grad(chunked.sum(), pos)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+    torch.testing.assert_close(grad_chunked, grad_whole, rtol=0, atol=0)
+
+
 def test_float32_agrees_with_float64():
     rep = ACSF.fung2022()
     pos = _pt10(8, seed=6)
