@@ -15,6 +15,10 @@ Each chunk (one target, ``chunk_size`` consecutive samples) draws its samples an
 reconstruction starts from seeds derived from (seed, target index, chunk index) only,
 and is committed in one transaction; a rerun after an interruption skips the
 committed chunks and recomputes the missing ones identically.
+
+Where chunks are computed is an :class:`~invfp.executors.Executor` (``run(...,
+executor=)``): in this process by default, or on a Dask cluster; either way results
+stream back here and only this process writes the store.
 """
 
 from __future__ import annotations
@@ -45,6 +49,88 @@ def plan_chunks(n: int, chunk_size: int) -> list[tuple[int, int]]:
     if n < 1 or chunk_size < 1:
         raise ConfigError(f"need n >= 1 and chunk_size >= 1, got n={n}, chunk_size={chunk_size}")
     return [(start, min(chunk_size, n - start)) for start in range(0, n, chunk_size)]
+
+
+def train_or_load(
+    R: np.ndarray,
+    y: np.ndarray,
+    *,
+    representation: Any,
+    model: str = "cvae",
+    model_params: Mapping[str, Any] | None = None,
+    surrogate_params: Mapping[str, Any] | None = None,
+    property_name: str = "formation_energy",
+    units: str = "",
+    seed: int = 0,
+    data_summary: Mapping[str, Any] | None = None,
+    cache: bool = True,
+    progress: bool = True,
+    device: Any = None,
+) -> tuple[Any, bool]:
+    """Train the generative model and the surrogate on ``R``, ``y``, or reuse a cached pair.
+
+    The cache (``$INVFP_CACHE_DIR/models/<key>``) is keyed by the training data itself
+    (a hash of ``R`` and ``y``), the representation's configuration, the model kind and
+    both models' parameters, the property and the seed: any change trains anew.
+
+    Returns:
+        ``(bundle, reused)``: an :class:`invfp.models.io.Bundle` and whether it came
+        from the cache.
+    """
+    import hashlib
+    import json
+
+    from invfp.data.cache import cache_dir
+    from invfp.models.io import load_bundle, save_bundle
+    from invfp.models.surrogate import Surrogate
+    from invfp.plugins import create
+
+    R = np.ascontiguousarray(R, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    generator = create("model", model, **dict(model_params or {}))
+    surrogate = Surrogate(**dict(surrogate_params or {}))
+    rep_config = representation.get_config()
+    digest = hashlib.sha256(R.tobytes() + y.tobytes() + str(R.shape).encode())
+    identity = {
+        "data": digest.hexdigest(),
+        "representation": rep_config,
+        "model": generator.get_config(),
+        "surrogate": surrogate.get_config(),
+        "property": property_name,
+        "seed": int(seed),
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = cache_dir() / "models" / f"{generator.name}-{key}"
+    if cache and path.is_dir():
+        return load_bundle(path, representation_config=rep_config), True
+    generator.fit(R, y, seed=seed, progress=progress, device=device)
+    surrogate.fit(R, y, seed=seed, progress=progress, device=device)
+    if cache:
+        save_bundle(
+            path,
+            generator=generator,
+            surrogate=surrogate,
+            representation_config=rep_config,
+            property=property_name,
+            units=units,
+            data_summary=dict(data_summary or {}),
+        )
+        # Use the saved copy, so a first run and a rerun that finds the cache sample
+        # from bit-identical models (resumed chunks must match the ones before).
+        return load_bundle(path, representation_config=rep_config), False
+    from invfp.models.io import Bundle
+
+    bundle = Bundle(
+        generator=generator,
+        surrogate=surrogate,
+        representation_config=rep_config,
+        property=property_name,
+        units=units,
+        y_range=(float(y.min()), float(y.max())),
+        dimension=int(R.shape[1]),
+        data_summary=dict(data_summary or {}),
+    )
+    return bundle, False
 
 
 @dataclasses.dataclass
@@ -238,6 +324,7 @@ class Pipeline:
         chunk_size: int = 25,
         progress: bool = True,
         summary_extra: Mapping[str, Any] | None = None,
+        executor: Any = None,
     ) -> RunResult:
         """Run every target × ``n`` samples, chunk by chunk, streaming to ``store``.
 
@@ -250,7 +337,10 @@ class Pipeline:
             chunk_size: samples per chunk (one reconstruction batch, one transaction).
             progress: show a progress bar over samples.
             summary_extra: more facts for ``summary.json`` (data, timings, ...).
+            executor: where chunks are computed (an :class:`~invfp.executors.Executor`;
+                default: in this process). Chunks may complete in any order.
         """
+        from invfp.executors import LocalExecutor
         from invfp.utils import progress_bar
 
         targets = [float(t) for t in targets]
@@ -260,21 +350,23 @@ class Pipeline:
         done = store.committed_chunks() if store is not None else set()
         memory: list[SampleRecord] = []
         computed = skipped = 0
+        pending = []
+        for ti, target in enumerate(targets):
+            for chunk, (first, count) in enumerate(plan):
+                if (ti, chunk) in done:
+                    skipped += 1
+                else:
+                    pending.append((ti, target, chunk, first, count, seed))
         with progress_bar(len(targets) * n, "generate → reconstruct → validate", enabled=progress) as advance:
-            for ti, target in enumerate(targets):
-                for chunk, (first, count) in enumerate(plan):
-                    if (ti, chunk) in done:
-                        skipped += 1
-                        advance(count)
-                        continue
-                    records = self.process_chunk(ti, target, chunk, first, count, seed)
-                    if store is not None:
-                        store.write_chunk(ti, chunk, records)
-                    else:
-                        memory.extend(records)
-                    computed += 1
-                    advance(count)
-        records = store.records() if store is not None else memory
+            advance(len(targets) * n - sum(spec[4] for spec in pending))
+            for (ti, _, chunk, _, count, _), records in (executor or LocalExecutor()).map(_chunk, self, pending):
+                if store is not None:
+                    store.write_chunk(ti, chunk, records)
+                else:
+                    memory.extend(records)
+                computed += 1
+                advance(count)
+        records = store.records() if store is not None else sorted(memory, key=lambda r: (r.target_index, r.sample))
         table = summarize(records, targets, window=self.window)
         if store is not None:
             summary = {
@@ -288,3 +380,8 @@ class Pipeline:
             }
             store.write_outputs(records, summary)
         return RunResult(records=records, table=table, computed_chunks=computed, skipped_chunks=skipped)
+
+
+def _chunk(pipeline: Pipeline, spec: tuple[int, float, int, int, int, int]) -> list[SampleRecord]:
+    """One chunk, as an executor task: ``spec`` is ``process_chunk``'s arguments."""
+    return pipeline.process_chunk(*spec)

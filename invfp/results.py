@@ -60,6 +60,8 @@ class SampleRecord:
     true_property: float | None = None
     """The oracle's value of the property, when an oracle ran."""
     fingerprint: np.ndarray | None = None
+    """The generated fingerprint ``[D]`` the structure was reconstructed from."""
+    fingerprint: np.ndarray | None = None
     """The generated fingerprint R the structure was reconstructed from (stored in row data)."""
 
     def key_value_pairs(self) -> dict[str, Any]:

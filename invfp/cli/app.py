@@ -42,6 +42,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("invfp.cli.generate_cmd", "generate", "generate"),
     ("invfp.cli.score_cmd", "score", "score"),
     ("invfp.cli.report_cmd", "report", "report"),
+    ("invfp.cli.run_cmd", "run", "run"),
 ]
 
 
