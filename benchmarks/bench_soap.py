@@ -57,7 +57,7 @@ def molecules(names: list[str], seed: int) -> list:
     return out
 
 
-def representations(species: list[int], is_pt10: bool) -> dict:
+def representations(species: list[int], is_pt10: bool, soap: dict) -> dict:
     import invfp
 
     if is_pt10:
@@ -68,11 +68,10 @@ def representations(species: list[int], is_pt10: bool) -> dict:
             g2_params=[[eta, rs] for eta in (0.1, 0.5, 1.0, 3.0) for rs in (0.0, 1.0, 1.5, 2.0, 3.0)],
             g5_params=[[eta, z, lam] for eta in (0.1, 0.5) for z in (1.0, 4.0) for lam in (-1.0, 1.0)],
         )
-    soap = invfp.get_representation("soap", species=species, r_cut=6.0, n_max=6, l_max=4, sigma=0.5)
-    return {"acsf": acsf, "soap": soap}
+    return {"acsf": acsf, "soap": invfp.get_representation("soap", species=species, **soap)}
 
 
-def derivative_cost(atoms, repeats: int = 20) -> dict[str, float]:
+def derivative_cost(atoms, soap: dict, repeats: int = 20) -> dict[str, float]:
     """Milliseconds per structure: SOAP forward only, with analytical and with numerical derivatives."""
     import torch
 
@@ -82,7 +81,7 @@ def derivative_cost(atoms, repeats: int = 20) -> dict[str, float]:
     out = {}
     for label, method, grad in (("forward", "auto", False), ("analytical", "analytical", True),
                                 ("numerical", "numerical", True)):
-        rep = invfp.get_representation("soap", r_cut=6.0, n_max=6, l_max=4, sigma=0.5, derivatives=method)
+        rep = invfp.get_representation("soap", derivatives=method, **soap)
         pos = torch.as_tensor(np.repeat(atoms.positions[None], repeats, axis=0)).requires_grad_(grad)
         start = time.perf_counter()
         value = rep(pos, numbers).sum()
@@ -101,6 +100,7 @@ def main() -> None:
     parser.add_argument("--hops", type=int, default=2)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--soap", default="r_cut=6.0,n_max=6,l_max=4,sigma=0.5", help="SOAP settings k=v,...")
     parser.add_argument("--json", default=None, help="write all results here")
     args = parser.parse_args()
 
@@ -110,19 +110,22 @@ def main() -> None:
     from invfp.metrics import rmsd
 
     torch.set_num_threads(1)
+    soap = {k: (int(v) if k in ("n_max", "l_max") else float(v))
+            for k, v in (item.split("=") for item in args.soap.split(","))}
     structures = [("Pt10-EMT", a) for a in pt10_minima(args.n_pt10, args.seed)]
     names = [m for m in args.molecules.split(",") if m]
     structures += list(zip(names, molecules(names, args.seed), strict=True))
     wanted = args.reps.split(",")
     options = {"restarts": args.restarts, "hops": args.hops, "steps": args.steps}
-    print(f"threads=1 OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} load={os.getloadavg()} {options}")
-    cost = derivative_cost(structures[0][1]) if structures else {}
+    print(f"threads=1 OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} load={os.getloadavg()} {options} "
+          f"soap={soap}")
+    cost = derivative_cost(structures[0][1], soap) if structures else {}
     print("SOAP ms per structure (forward only / + analytical / + numerical derivatives and backward): "
           + " / ".join(f"{v:.2f}" for v in cost.values()))
     rows = []
     for label, atoms in structures:
         species = sorted(set(atoms.numbers.tolist()))
-        for rep_name, rep in representations(species, label == "Pt10-EMT").items():
+        for rep_name, rep in representations(species, label == "Pt10-EMT", soap).items():
             if rep_name not in wanted:
                 continue
             target = rep.featurize(atoms)
@@ -149,7 +152,7 @@ def main() -> None:
     if args.json:
         from invfp.utils import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps({"options": options, "soap_cost_ms": cost, "rows": rows}, indent=2))
+        atomic_write_text(args.json, json.dumps({"options": options, "soap": soap, "soap_cost_ms": cost, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -65,8 +65,10 @@ def error(message: str, code: int = 2) -> None:
 
 def _print_error(message: str, code: int) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
+    # escape: messages hold literal brackets (`pip install 'invfp[soap]'`) that rich would eat as markup
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
     return code
 
 
