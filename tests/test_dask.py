@@ -1,0 +1,126 @@
+"""Executors: a real Dask LocalCluster with worker processes, one of them killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from invfp.errors import ConfigError
+
+TARGETS = [2.0, 3.0]
+N = 8
+CHUNK = 2  # 8 chunks: plenty still running or queued when the first one comes back
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import torch
+
+    from invfp.testing import tiny_pipeline
+
+    torch.set_num_threads(1)
+    pipeline, _, _ = tiny_pipeline()
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def local_records(tiny):
+    """The reference: the whole run in this process (the default executor)."""
+    return tiny.run(TARGETS, n=N, chunk_size=CHUNK, progress=False).records
+
+
+def _rows(records):
+    return [(r.target_index, r.sample, r.chunk, r.loss, r.true_property, r.accepted) for r in records]
+
+
+def _pid_and_executing(dask_worker):
+    return os.getpid(), [str(ts.key) for ts in dask_worker.state.executing]
+
+
+def _transitions(dask_scheduler):
+    return [(str(e[0]), e[1], e[2], str(e[4])) for e in dask_scheduler.transition_log]
+
+
+def test_local_executor_maps_in_order():
+    from invfp.executors import LocalExecutor
+
+    out = list(LocalExecutor().map(lambda shared, item: shared * item, 3, [1, 2, 5]))
+    assert out == [(1, 3), (2, 6), (5, 15)]
+
+
+def test_create_executor_checks_its_options():
+    from invfp.executors import LocalExecutor, create_executor
+
+    assert isinstance(create_executor("local"), LocalExecutor)
+    with pytest.raises(ConfigError, match="choose one of: local, dask"):
+        create_executor("spark")
+    with pytest.raises(ConfigError, match="need --executor dask"):
+        create_executor("local", workers=2)
+    with pytest.raises(ConfigError, match="not both"):
+        create_executor("dask", scheduler="tcp://127.0.0.1:1", workers=2)
+    with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
+        create_executor("dask", workers=0)
+
+
+def test_dask_run_survives_a_killed_worker(tiny, local_records, tmp_path):
+    """Kill a worker process while it computes a chunk: its chunk runs again; results.db is complete."""
+    import distributed
+
+    from invfp.executors import DaskExecutor
+    from invfp.results import ResultsStore
+
+    killed: dict[str, object] = {}
+
+    class KillAfterFirstChunk(ResultsStore):
+        def write_chunk(self, target_index, chunk, records):
+            super().write_chunk(target_index, chunk, records)
+            if killed:
+                return
+            # the worker that is computing a chunk right now (any, when both wait for work)
+            state = client.run(_pid_and_executing)
+            address = max(sorted(state), key=lambda w: len(state[w][1]))
+            killed.update(address=address, pid=state[address][0], executing=state[address][1])
+            os.kill(killed["pid"], signal.SIGKILL)
+
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        executor = DaskExecutor(client)
+        with KillAfterFirstChunk(tmp_path / "run", {"test": "dask"}) as store:
+            result = tiny.run(TARGETS, n=N, chunk_size=CHUNK, store=store, progress=False, executor=executor)
+        assert killed, "no worker was killed"
+        # the scheduler took back the chunks the dead worker was computing or holding and ran them again
+        log = [e for e in client.run_on_scheduler(_transitions) if e[0].startswith("invfp-item")]
+        lost = {key for key, start, _, stimulus in log
+                if start in ("processing", "memory") and stimulus.startswith("handle-worker-cleanup")}
+        assert lost, "the killed worker held no chunk"
+        assert set(killed["executing"]) <= lost
+        for key in lost:
+            last = max(i for i, e in enumerate(log) if e[0] == key and e[3].startswith("handle-worker-cleanup"))
+            assert any(e[0] == key and e[2] == "memory" for e in log[last:]), f"{key} was not recomputed"
+        assert killed["pid"] not in client.run(os.getpid).values()
+        executor.close()  # a client given to the executor stays open
+        assert client.status == "running"
+    assert result.computed_chunks == len(TARGETS) * N // CHUNK and result.skipped_chunks == 0
+
+    import ase.db
+
+    db = ase.db.connect(str(tmp_path / "run" / "results.db"))
+    keys = [(row.target_index, row.sample) for row in db.select()]
+    assert len(keys) == len(set(keys)) == len(TARGETS) * N, "missing or duplicated rows"
+    assert sorted(keys) == [(t, s) for t in range(len(TARGETS)) for s in range(N)]
+    # a chunk computed on any worker (or twice) gives the rows the local run gives
+    with ResultsStore(tmp_path / "run", {"test": "dask"}) as store:
+        stored = store.records()
+    for got, want in zip(_rows(stored), _rows(local_records), strict=True):
+        assert got[:3] == want[:3] and got[5] == want[5]
+        np.testing.assert_allclose(got[3:5], want[3:5], rtol=1e-6)
+    for got, want in zip(stored, local_records, strict=True):
+        np.testing.assert_allclose(got.atoms.positions, want.atoms.positions, atol=1e-6)
+        np.testing.assert_allclose(got.fingerprint, want.fingerprint, rtol=1e-12)
