@@ -283,6 +283,7 @@ class ACSF(Representation):
         """Radial values per neighbour element."""
         self.n_angular = self._g4.n + self._g5.n
         """Angular values per neighbour-element pair."""
+        self._plans: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     # -- construction helpers -------------------------------------------------------
     @classmethod
@@ -472,19 +473,13 @@ class ACSF(Representation):
         inside = valid & (r <= self.r_cut)
         return r2, r, inside, self._cutoff_fn(r, inside)
 
-    def _radial(
-        self, r: torch.Tensor, fc: torch.Tensor, targets: list[torch.Tensor], rows: int
-    ) -> torch.Tensor:
+    def _radial(self, r: torch.Tensor, fc: torch.Tensor, incidence: torch.Tensor) -> torch.Tensor:
         """G1, G2, G3 summed into rows ``[B, rows, n_radial]``.
 
-        ``r``, ``fc`` ``[B, P]`` are pair distances and cutoffs; pair p adds to row
-        ``t[p]`` for each ``t`` in ``targets`` (a row is an atom and an element channel).
+        ``r``, ``fc`` ``[B, P]`` are pair distances and cutoffs; ``incidence``
+        ``[rows, P]`` says which rows (an atom and an element channel) each pair adds to.
         """
         dtype = r.dtype
-        incidence = torch.zeros(rows, r.shape[1], dtype=dtype, device=r.device)
-        cols = torch.arange(r.shape[1], device=r.device)
-        for target in targets:
-            incidence[target, cols] = 1.0
         blocks = []
         if self._g2_eta.numel():
             eta, rs = self._g2_eta.to(dtype), self._g2_rs.to(dtype)
@@ -511,18 +506,40 @@ class ACSF(Representation):
         disp = positions[:, None, :, :] - positions[:, :, None, :]  # [B, N_i, N_j, 3]: x_j - x_i
         valid = ~torch.eye(n, dtype=torch.bool, device=device)
         r2, r, inside, fc = self._distances(disp, valid)
+        plan = self._cluster_plan(channel, n_el, positions.dtype)
         radial = None
         if self.n_radial:
-            # Each unordered pair once (r_ij = r_ji), added to both atoms' rows, in the
-            # other atom's element channel.
-            iu, ju = torch.triu_indices(n, n, 1, device=device)
-            targets = [iu * n_el + channel[ju], ju * n_el + channel[iu]]
-            radial = self._radial(r[:, iu, ju], fc[:, iu, ju], targets, n * n_el).reshape(b, n, n_el, -1)
+            iu, ju = plan["pairs"]
+            radial = self._radial(r[:, iu, ju], fc[:, iu, ju], plan["incidence"]).reshape(b, n, n_el, -1)
         angular = None
         if self.n_angular:
-            jj, kk = _cluster_triplets(n, device)
-            angular = self._angular(disp, r2, r, inside, fc, jj, kk, channel, n_el)
+            jj, kk = plan["triplets"]
+            angular = self._angular(disp, r2, r, inside, fc, jj, kk, plan["pair_onehot"])
         return self._assemble(radial, angular)
+
+    def _cluster_plan(self, channel: torch.Tensor, n_el: int, dtype: torch.dtype) -> dict[str, Any]:
+        """Index tensors of one composition, built once (they cost more than the math for B=1)."""
+        device = channel.device
+        key = (tuple(channel.tolist()), n_el, str(device), dtype)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        n = channel.shape[0]
+        # Each unordered pair once (r_ij = r_ji), added to both atoms' rows, in the other
+        # atom's element channel.
+        iu, ju = torch.triu_indices(n, n, 1, device=device)
+        incidence = _incidence([iu * n_el + channel[ju], ju * n_el + channel[iu]], n * n_el, dtype)
+        jj, kk = _cluster_triplets(n, device)
+        plan = {
+            "pairs": (iu, ju),
+            "incidence": incidence,
+            "triplets": (jj, kk),
+            "pair_onehot": _pair_onehot(channel, jj, kk, n_el, self._layout, dtype),
+        }
+        if len(self._plans) >= 32:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
 
     def _periodic(
         self, disp: torch.Tensor, valid: torch.Tensor, channel: torch.Tensor, n_el: int
@@ -532,8 +549,9 @@ class ACSF(Representation):
         radial = None
         if self.n_radial:
             b, n, m = r.shape
-            rows = torch.arange(n, device=r.device)[:, None] * n_el + channel  # [N, M]
-            radial = self._radial(r.reshape(b, n * m), fc.reshape(b, n * m), [rows.reshape(-1)], n * n_el)
+            rows = (torch.arange(n, device=r.device)[:, None] * n_el + channel).reshape(-1)  # [N * M]
+            incidence = _incidence([rows], n * n_el, r.dtype)
+            radial = self._radial(r.reshape(b, n * m), fc.reshape(b, n * m), incidence)
             radial = radial.reshape(b, n, n_el, -1)
         angular = None
         if self.n_angular:
@@ -541,7 +559,9 @@ class ACSF(Representation):
             j, k = torch.triu_indices(m, m, 1, device=disp.device)
             n = disp.shape[1]
             # The atom's own column has f_c = 0, so its pairs vanish by themselves.
-            angular = self._angular(disp, r2, r, inside, fc, j.expand(n, -1), k.expand(n, -1), channel, n_el)
+            j, k = j.expand(n, -1), k.expand(n, -1)
+            pair_onehot = _pair_onehot(channel, j, k, n_el, self._layout, disp.dtype)
+            angular = self._angular(disp, r2, r, inside, fc, j, k, pair_onehot)
         return self._assemble(radial, angular)
 
     def _angular(
@@ -553,24 +573,19 @@ class ACSF(Representation):
         fc: torch.Tensor,
         jj: torch.Tensor,
         kk: torch.Tensor,
-        channel: torch.Tensor,
-        n_el: int,
+        pair_onehot: torch.Tensor | None,
     ) -> torch.Tensor:
         """G4 and G5 per neighbour-element pair: ``[B, N, n_pairs, n_angular]``.
 
-        ``jj``, ``kk`` ``[N, K]`` list each atom's unordered neighbour pairs j < k.
+        ``jj``, ``kk`` ``[N, K]`` list each atom's unordered neighbour pairs j < k;
+        ``pair_onehot`` ``[N, K, Q]`` gives their element pair (``None`` for one element).
         """
         dtype = disp.dtype
         rows = torch.arange(disp.shape[1], device=disp.device)[:, None]
         inv_r = torch.where(inside, 1.0 / r, torch.zeros((), dtype=dtype, device=r.device))
         unit = disp * inv_r[..., None]
         cos = (unit[:, rows, jj] * unit[:, rows, kk]).sum(-1)  # [B, N, K]
-        pair_map = _pair_map(n_el, self._layout)
-        n_pairs = n_el * (n_el + 1) // 2
-        if n_pairs > 1:
-            ch_j, ch_k = channel[jj], channel[kk]
-            lookup = torch.tensor(pair_map, dtype=torch.long, device=disp.device)
-            pair_onehot = torch.nn.functional.one_hot(lookup[ch_j, ch_k], n_pairs).to(dtype)  # [N, K, Q]
+        n_pairs = 1 if pair_onehot is None else pair_onehot.shape[-1]
         out = []
         for terms in (self._g4, self._g5):
             if not terms.n:
@@ -587,7 +602,7 @@ class ACSF(Representation):
                 fjk = self._cutoff_fn(rjk, both & (rjk <= self.r_cut))
                 gg = gg * torch.exp(rjk2[..., None] * -eta) * fjk[..., None]
             ang = terms.angle_powers(cos)  # [B, N, C, K]
-            if n_pairs > 1:
+            if pair_onehot is not None:
                 h = (gg[..., None, :] * pair_onehot[..., None]).flatten(-2)  # [B, N, K, Q*E]
                 a = (ang @ h).unflatten(-1, (n_pairs, -1)).transpose(2, 3)  # [B, N, Q, C, E]
             else:
@@ -743,7 +758,7 @@ def _pbc_tuple(pbc: Any) -> tuple[bool, bool, bool]:
 
 def _channels(z: torch.Tensor, species: list[int], device: torch.device) -> torch.Tensor:
     lookup = {el: i for i, el in enumerate(species)}
-    return torch.tensor([lookup[int(v)] for v in z], dtype=torch.long, device=device)
+    return torch.tensor([lookup[v] for v in z.tolist()], dtype=torch.long, device=device)
 
 
 _TRIPLETS: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -759,6 +774,27 @@ def _cluster_triplets(n: int, device: torch.device) -> tuple[torch.Tensor, torch
         kk = torch.as_tensor(np.stack([k[idx] for idx in rows]).reshape(n, -1), device=device)
         _TRIPLETS[key] = (jj, kk)
     return _TRIPLETS[key]
+
+
+def _incidence(targets: list[torch.Tensor], rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """0/1 matrix ``[rows, P]``: pair p adds to row ``t[p]`` for each ``t`` in ``targets``."""
+    n_pairs = targets[0].shape[0]
+    out = torch.zeros(rows, n_pairs, dtype=dtype, device=targets[0].device)
+    cols = torch.arange(n_pairs, device=out.device)
+    for target in targets:
+        out[target, cols] = 1.0
+    return out
+
+
+def _pair_onehot(
+    channel: torch.Tensor, jj: torch.Tensor, kk: torch.Tensor, n_el: int, layout: str, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """``[N, K, Q]`` one-hot element pair of each neighbour pair; ``None`` for one element."""
+    if n_el == 1:
+        return None
+    lookup = torch.tensor(_pair_map(n_el, layout), dtype=torch.long, device=channel.device)
+    pairs = lookup[channel[jj], channel[kk]]
+    return torch.nn.functional.one_hot(pairs, n_el * (n_el + 1) // 2).to(dtype)
 
 
 def _pair_map(n_el: int, layout: str) -> list[list[int]]:
