@@ -33,7 +33,7 @@ from typing import Any, ClassVar, TypeVar
 
 from invfp.errors import ConfigError, InvfpError, OptionalDependencyError
 
-__all__ = ["EXECUTORS", "DaskExecutor", "Executor", "LocalExecutor", "create_executor"]
+__all__ = ["EXECUTORS", "DaskExecutor", "Executor", "LocalExecutor", "check_executor_options", "create_executor"]
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -221,19 +221,33 @@ EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "dask": DaskExec
 """Executors by name (``invfp run --executor NAME``)."""
 
 
+def check_executor_options(name: str = "local", *, scheduler: str | None = None, workers: int | None = None) -> None:
+    """Check ``--executor NAME [--scheduler ADDRESS | --workers N]`` without starting anything.
+
+    Raises:
+        ConfigError: an unknown name (listing the known ones), ``scheduler`` or
+            ``workers`` with the local executor, both at once, or ``workers`` < 1.
+    """
+    if name not in EXECUTORS:
+        raise ConfigError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
+    if name == "local" and (scheduler is not None or workers is not None):
+        raise ConfigError("--scheduler and --workers need --executor dask")
+    if scheduler is not None and workers is not None:
+        raise ConfigError("give --scheduler (a running cluster) or --workers (a local cluster), not both")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"--workers must be an integer >= 1, got {workers!r}")
+    if name == "dask":
+        _import_distributed()
+
+
 def create_executor(name: str = "local", *, scheduler: str | None = None, workers: int | None = None) -> Executor:
     """The executor for ``invfp run --executor NAME [--scheduler ADDRESS | --workers N]``.
 
     Raises:
-        ConfigError: an unknown name (listing the known ones), or ``scheduler`` /
-            ``workers`` with the local executor, or both at once.
+        ConfigError: see :func:`check_executor_options`; an unreachable scheduler.
+        OptionalDependencyError: dask.distributed is not installed.
     """
-    if name not in EXECUTORS:
-        raise ConfigError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
+    check_executor_options(name, scheduler=scheduler, workers=workers)
     if name == "local":
-        if scheduler is not None or workers is not None:
-            raise ConfigError("--scheduler and --workers need --executor dask")
         return LocalExecutor()
-    if scheduler is not None and workers is not None:
-        raise ConfigError("give --scheduler (a running cluster) or --workers (a local cluster), not both")
     return DaskExecutor(scheduler=scheduler, workers=workers)

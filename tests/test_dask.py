@@ -61,7 +61,7 @@ def test_create_executor_checks_its_options():
         create_executor("local", workers=2)
     with pytest.raises(ConfigError, match="not both"):
         create_executor("dask", scheduler="tcp://127.0.0.1:1", workers=2)
-    with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
+    with pytest.raises(ConfigError, match="--workers must be an integer >= 1"):
         create_executor("dask", workers=0)
 
 

@@ -96,6 +96,13 @@ def run(
     window: float = typer.Option(0.1, "--window", help="Half-width of the 'within' band (property units)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:0 (default: CUDA when available)."),
     force: bool = typer.Option(False, "--force", help="Delete a different run found in the output directory."),
+    executor: str = typer.Option("local", "--executor", help="Where chunks run: local (this process) or dask."),
+    scheduler: str = typer.Option(
+        None, "--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (a dask-jobqueue cluster's)."
+    ),
+    workers: int = typer.Option(
+        None, "--workers", help="Dask: start a local cluster of N single-threaded worker processes.", min=1
+    ),
 ) -> None:
     """Generate structures with target properties: train, generate, reconstruct, validate, store.
 
@@ -115,6 +122,9 @@ def run(
     if not (window > 0):
         error(f"--window must be > 0, got {window}")
     _check_names(representation, model, optimizer, filters + ([] if oracle.lower() == "none" else ["energy"]))
+    from invfp.executors import check_executor_options, create_executor
+
+    check_executor_options(executor, scheduler=scheduler, workers=workers)
     target_values: list[float] | None = None
     if targets is not None:
         try:
@@ -243,19 +253,21 @@ def run(
         out.print(threshold_note, highlight=False)
         out.print(target_note, highlight=False)
 
-        # 5. generate → reconstruct → validate, chunk by chunk
-        result = pipe.run(
-            target_values, n, store=store, seed=seed, chunk_size=chunk, progress=True,
-            summary_extra={
-                "units": units,
-                "data": config["data"],
-                "targets_note": target_note,
-                "threshold_note": threshold_note,
-                "warnings": target_warnings,
-                "seconds": round(time.perf_counter() - started, 1),
-                "device": str(dev),
-            },
-        )
+        # 5. generate → reconstruct → validate, chunk by chunk (where: --executor; only we write the store)
+        with create_executor(executor, scheduler=scheduler, workers=workers) as runner:
+            result = pipe.run(
+                target_values, n, store=store, seed=seed, chunk_size=chunk, progress=True, executor=runner,
+                summary_extra={
+                    "units": units,
+                    "data": config["data"],
+                    "targets_note": target_note,
+                    "threshold_note": threshold_note,
+                    "warnings": target_warnings,
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "device": str(dev),
+                    "executor": executor,
+                },
+            )
     finally:
         store.close()
     if result.skipped_chunks:
