@@ -276,7 +276,8 @@ def _read_db(path: Path) -> list[ase.Atoms]:
     try:
         db = ase.db.connect(str(path), type="db", append=True, use_lock_file=False)
         made_by_invfp = "invfp_recipe" in db.metadata
-        rows = list(db.select())
+        with db:  # one connection for all rows: ase.db otherwise opens one per row
+            rows = list(db.select())
     except Exception as exc:  # noqa: BLE001 - corrupt or foreign SQLite
         raise DataError(f"cannot read {path} as an ase.db ({type(exc).__name__}: {exc})") from exc
     if made_by_invfp:
