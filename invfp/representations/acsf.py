@@ -473,20 +473,25 @@ class ACSF(Representation):
         inside = valid & (r <= self.r_cut)
         return r2, r, inside, self._cutoff_fn(r, inside)
 
-    def _radial(self, r: torch.Tensor, fc: torch.Tensor, incidence: torch.Tensor) -> torch.Tensor:
+    def _radial(
+        self, r: torch.Tensor, fc: torch.Tensor, targets: list[torch.Tensor], rows: int
+    ) -> torch.Tensor:
         """G1, G2, G3 summed into rows ``[B, rows, n_radial]``.
 
-        ``r``, ``fc`` ``[B, P]`` are pair distances and cutoffs; ``incidence``
-        ``[rows, P]`` says which rows (an atom and an element channel) each pair adds to.
+        ``r``, ``fc`` ``[B, P]`` are pair distances and cutoffs; pair p adds to row
+        ``t[p]`` for each ``t`` in ``targets`` (a row is an atom and an element channel).
         """
         dtype = r.dtype
         blocks = []
         if self._g2_eta.numel():
             eta, rs = self._g2_eta.to(dtype), self._g2_rs.to(dtype)
-            blocks.append(_GaussianSum.apply(r, fc, eta, rs, incidence))
+            blocks.append(_GaussianSum.apply(r, fc, eta, rs, targets, rows))
         if self._g3_kappa.numel():
             values = torch.cos(r[..., None] * self._g3_kappa.to(dtype)) * fc[..., None]
-            blocks.append(incidence @ values)
+            out = values.new_zeros(values.shape[0], rows, values.shape[-1])
+            for target in targets:
+                out = out.index_add(1, target, values)
+            blocks.append(out)
         return torch.cat(blocks, dim=-1) if len(blocks) > 1 else blocks[0]
 
     def _cluster_chunk(self, n: int, n_el: int, itemsize: int) -> int:
@@ -510,7 +515,8 @@ class ACSF(Representation):
         radial = None
         if self.n_radial:
             iu, ju = plan["pairs"]
-            radial = self._radial(r[:, iu, ju], fc[:, iu, ju], plan["incidence"]).reshape(b, n, n_el, -1)
+            radial = self._radial(r[:, iu, ju], fc[:, iu, ju], plan["targets"], n * n_el)
+            radial = radial.reshape(b, n, n_el, -1)
         angular = None
         if self.n_angular:
             jj, kk = plan["triplets"]
@@ -528,11 +534,10 @@ class ACSF(Representation):
         # Each unordered pair once (r_ij = r_ji), added to both atoms' rows, in the other
         # atom's element channel.
         iu, ju = torch.triu_indices(n, n, 1, device=device)
-        incidence = _incidence([iu * n_el + channel[ju], ju * n_el + channel[iu]], n * n_el, dtype)
         jj, kk = _cluster_triplets(n, device)
         plan = {
             "pairs": (iu, ju),
-            "incidence": incidence,
+            "targets": [iu * n_el + channel[ju], ju * n_el + channel[iu]],
             "triplets": (jj, kk),
             "pair_onehot": _pair_onehot(channel, jj, kk, n_el, self._layout, dtype),
         }
@@ -550,8 +555,7 @@ class ACSF(Representation):
         if self.n_radial:
             b, n, m = r.shape
             rows = (torch.arange(n, device=r.device)[:, None] * n_el + channel).reshape(-1)  # [N * M]
-            incidence = _incidence([rows], n * n_el, r.dtype)
-            radial = self._radial(r.reshape(b, n * m), fc.reshape(b, n * m), incidence)
+            radial = self._radial(r.reshape(b, n * m), fc.reshape(b, n * m), [rows], n * n_el)
             radial = radial.reshape(b, n, n_el, -1)
         angular = None
         if self.n_angular:
@@ -631,14 +635,14 @@ class ACSF(Representation):
 
 
 class _GaussianSum(torch.autograd.Function):
-    """Row sums ``A @ [f_c(r_p) exp(-eta (r_p - R_s)^2)]`` with a hand-written backward.
+    """Row sums of f_c(r_p) exp(-eta (r_p - R_s)^2) over pairs, with a hand-written backward.
 
     This is the hot spot of reconstruction (140 Gaussians per pair for fung2022).
     Autograd would keep four ``[B, P, F]`` intermediates and run about ten passes over
-    them; here the forward keeps only the Gaussians and the backward is one matrix
-    product, one elementwise product and one small matrix product. The values are laid
-    out pair-major ``[P, B, F]`` so that the sum over pairs is a single large GEMM with
-    the 0/1 incidence matrix ``A`` ``[rows, P]`` instead of B small ones.
+    them; here the forward keeps only the Gaussians and the backward is a gather, one
+    elementwise product and one small matrix product. Values are laid out pair-major,
+    ``[P, B * F]``, so adding a pair to its rows (and gathering back) moves whole
+    contiguous rows instead of strided slices.
     """
 
     @staticmethod
@@ -648,29 +652,34 @@ class _GaussianSum(torch.autograd.Function):
         fc: torch.Tensor,
         eta: torch.Tensor,
         rs: torch.Tensor,
-        incidence: torch.Tensor,
+        targets: list[torch.Tensor],
+        rows: int,
     ) -> torch.Tensor:
         r_t, fc_t = r.t().contiguous(), fc.t().contiguous()  # [P, B]
         gauss = r_t[..., None] - rs
         gauss.square_().mul_(-eta).exp_()  # [P, B, F]
-        values = gauss * fc_t[..., None]
-        p, b, f = values.shape
-        out = (incidence @ values.view(p, b * f)).view(-1, b, f)  # [rows, B, F]
-        ctx.save_for_backward(r_t, fc_t, gauss, eta, rs, incidence)
-        return out.transpose(0, 1)
+        values = (gauss * fc_t[..., None]).flatten(1)
+        out = values.new_zeros(rows, values.shape[1])
+        for target in targets:
+            out.index_add_(0, target, values)
+        ctx.save_for_backward(r_t, fc_t, gauss, eta, rs)
+        ctx.targets = targets
+        return out.view(rows, *gauss.shape[1:]).transpose(0, 1)  # [B, rows, F]
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        r_t, fc_t, gauss, eta, rs, incidence = ctx.saved_tensors
-        p, b, f = gauss.shape
-        grad_rows = grad.transpose(0, 1).reshape(-1, b * f)  # [rows, B * F]
-        g = (incidence.t() @ grad_rows).view(p, b, f).mul_(gauss)  # d out / d value, times the Gaussian
+        r_t, fc_t, gauss, eta, rs = ctx.saved_tensors
+        grad_rows = grad.transpose(0, 1).reshape(grad.shape[1], -1)  # [rows, B * F]
+        g = grad_rows.index_select(0, ctx.targets[0])
+        for target in ctx.targets[1:]:
+            g.add_(grad_rows.index_select(0, target))
+        g = g.view(gauss.shape).mul_(gauss)  # d out / d value, times the Gaussian
         # sums over F of g, g eta and g eta R_s in one product
         sums = g @ torch.stack([torch.ones_like(eta), eta, eta * rs], dim=-1)  # [P, B, 3]
         grad_fc = sums[..., 0].t()
         # d/dr exp(-eta (r - R_s)^2) = -2 eta (r - R_s) exp(...)
         grad_r = (2.0 * fc_t * (sums[..., 2] - r_t * sums[..., 1])).t()
-        return grad_r, grad_fc, None, None, None
+        return grad_r, grad_fc, None, None, None, None
 
 
 class _AngularTerms(torch.nn.Module):
@@ -774,16 +783,6 @@ def _cluster_triplets(n: int, device: torch.device) -> tuple[torch.Tensor, torch
         kk = torch.as_tensor(np.stack([k[idx] for idx in rows]).reshape(n, -1), device=device)
         _TRIPLETS[key] = (jj, kk)
     return _TRIPLETS[key]
-
-
-def _incidence(targets: list[torch.Tensor], rows: int, dtype: torch.dtype) -> torch.Tensor:
-    """0/1 matrix ``[rows, P]``: pair p adds to row ``t[p]`` for each ``t`` in ``targets``."""
-    n_pairs = targets[0].shape[0]
-    out = torch.zeros(rows, n_pairs, dtype=dtype, device=targets[0].device)
-    cols = torch.arange(n_pairs, device=out.device)
-    for target in targets:
-        out[target, cols] = 1.0
-    return out
 
 
 def _pair_onehot(
