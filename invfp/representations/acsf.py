@@ -30,11 +30,13 @@ image within the cutoff is a neighbour, including images of the atom itself, how
 large the cutoff is compared with the cell. With ``periodic=False`` the cell and pbc are
 ignored (the paper's "home cell only" mode).
 
-The implementation is dense: displacements ``[B, N, M, 3]`` from each atom to its M
-candidate neighbours (all atoms, plus images for periodic input), radial terms
-``[B, N, M, F]`` and angular terms ``[B, N, C, M, M]``, contracted with matrix products.
-There are no Python loops over atoms or structures, so a batch of thousands of small
-clusters runs as a handful of large tensor operations, forward and backward.
+The implementation is dense and batched, with no Python loop over atoms or structures.
+Radial terms: each unordered pair once (r_ij = r_ji), with a hand-written backward for
+the Gaussians (the hot spot). Angular terms: each atom's neighbour pairs j < k, cosines
+from unit vectors, integer zeta powers by repeated squaring, sums over pairs as batched
+matrix products per (zeta, lambda) x eta grid. Periodic input uses the same code on
+displacement columns ``[B, N, M, 3]`` to every image within the cutoff. Large batches
+of clusters are split into chunks whose intermediates stay below 16 MiB.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ FUNG2022: dict[str, Any] = {
     "pooling": "maxmin",
     "cutoff": "cosine",
 }
-"""The paper's settings (StructRepGen's ``unittest_behler.yaml``): 140 G2 + 50 G5 per atom."""
+"""The paper's settings (Fung et al. 2022; the reference code's Pt10 fingerprint): 140 G2 + 50 G5 per atom."""
 
 PRESETS: dict[str, dict[str, Any]] = {"fung2022": FUNG2022}
 _CHUNK_BYTES = 16 * 2**20
@@ -347,7 +349,8 @@ class ACSF(Representation):
             feats = self._periodic(disp, valid, column_channel, len(species))
         else:
             chunk = self._cluster_chunk(positions.shape[1], len(species), positions.element_size())
-            feats = torch.cat([self._cluster(part, channel, len(species)) for part in positions.split(chunk)])
+            parts = [self._cluster(part, channel, len(species)) for part in positions.split(chunk)]
+            feats = parts[0] if len(parts) == 1 else torch.cat(parts)
         if self.pooling is None:
             return feats
         if self.pooling == "maxmin":
