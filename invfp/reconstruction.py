@@ -264,11 +264,11 @@ def auto_feature_scale(targets: np.ndarray, floor: float = 1e-2) -> np.ndarray:
 
 def _feature_scale(feature_scale: Any, targets: np.ndarray) -> np.ndarray:
     dim = targets.shape[1]
-    if feature_scale is None or (isinstance(feature_scale, str) and feature_scale == "auto"):
-        return auto_feature_scale(targets)
+    if feature_scale is None or (isinstance(feature_scale, str) and feature_scale == "none"):
+        return np.ones(dim)
     if isinstance(feature_scale, str):
-        if feature_scale == "none":
-            return np.ones(dim)
+        if feature_scale == "auto":
+            return auto_feature_scale(targets)
         raise ConfigError(f"feature_scale={feature_scale!r}: use 'auto', 'none' or an array of {dim} positive numbers")
     scale = np.asarray(feature_scale.detach().cpu() if hasattr(feature_scale, "detach") else feature_scale, dtype=np.float64)
     if scale.ndim == 0:
@@ -358,9 +358,10 @@ def reconstruct(
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available, else CPU).
         dtype: ``torch.float32`` (default) or ``torch.float64`` (or their names).
         progress: show a progress bar over targets.
-        feature_scale: how features are weighted in the objective: ``None``/``"auto"``
-            (a robust typical magnitude per feature from the targets), ``"none"`` (raw),
-            or ``[D]`` positive numbers given by the caller.
+        feature_scale: how features are weighted in the objective: ``None``/``"none"``
+            (raw features: measured best for fung2022, whose large smooth G2 values make
+            a smoother landscape), ``"auto"`` (each feature divided by a robust typical
+            magnitude from the targets) or ``[D]`` positive numbers given by the caller.
         **options: parameters of the optimizer (``restarts``, ``hops``, ...); only
             with an optimizer given by name.
 

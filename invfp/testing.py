@@ -291,3 +291,80 @@ def tiny_pipeline(*, seed: int = 0, n_data: int = 60, epochs: int = 40) -> tuple
         loss_threshold=0.05, feature_scale=np.ones(R.shape[1]), device="cpu",
     )
     return pipeline, R, y
+
+
+def check_optimizer(
+    optimizer: Any,
+    representation: Any,
+    atoms: ase.Atoms | list[ase.Atoms],
+    *,
+    seed: int = 0,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+) -> list[Any]:
+    """Check the optimizer contract on one structure (or a list of one composition).
+
+    Featurizes ``atoms`` with ``representation``, reconstructs twice with ``seed``
+    (in float64 on the CPU) and checks:
+
+    - one result per target, in order (``target_index``), with the right composition,
+      cell and pbc, and ``info["loss"]`` equal to ``loss``;
+    - a finite loss, one finite loss per restart, a positive step count;
+    - the same positions and losses for the same seed (determinism);
+    - ``loss`` equals the MAE between the target and the representation's fingerprint
+      of the returned atoms, recomputed here.
+
+    Args:
+        optimizer: a ready optimizer object (small settings keep the check fast).
+        representation: a ready representation object.
+        atoms: the structure(s) whose fingerprints are the targets.
+        seed: the seed of both runs.
+        rtol: relative tolerance of the loss comparison.
+        atol: absolute tolerance of the loss comparison.
+
+    Returns:
+        The results of the first run, for further checks by the caller.
+    """
+    from ase import Atoms
+
+    from invfp.optimizers.base import Optimizer
+    from invfp.reconstruction import reconstruct
+
+    assert isinstance(optimizer, Optimizer), f"{type(optimizer).__name__} does not derive from Optimizer"
+    frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
+    targets = np.atleast_2d(representation.featurize(frames))
+    first = frames[0]
+    has_cell = bool(np.abs(first.cell.array).sum() > 0)
+    kwargs = {
+        "numbers": first.numbers,
+        "cell": first.cell.array if has_cell else None,
+        "pbc": tuple(bool(p) for p in first.pbc),
+        "representation": representation,
+        "optimizer": optimizer,
+        "seed": seed,
+        "device": "cpu",
+        "dtype": "float64",
+    }
+    results = reconstruct(targets, **kwargs)
+    again = reconstruct(targets, **kwargs)
+    assert len(results) == len(targets), f"{len(results)} results for {len(targets)} targets"
+    for k, (res, res2) in enumerate(zip(results, again, strict=True)):
+        out = res.atoms
+        assert res.target_index == k, f"result {k} has target_index {res.target_index}"
+        assert sorted(out.numbers.tolist()) == sorted(first.numbers.tolist()), f"result {k}: wrong composition"
+        assert np.array_equal(out.pbc, first.pbc), f"result {k}: pbc {out.pbc} != {first.pbc}"
+        if has_cell:
+            np.testing.assert_allclose(out.cell.array, first.cell.array, atol=1e-8, err_msg=f"result {k}: wrong cell")
+        assert np.isfinite(res.loss), f"result {k}: loss {res.loss} is not finite"
+        assert out.info.get("loss") == res.loss, f"result {k}: atoms.info['loss'] differs from loss"
+        assert res.restart_losses and np.all(np.isfinite(res.restart_losses)), f"result {k}: bad restart_losses"
+        assert res.steps > 0, f"result {k}: no steps counted"
+        np.testing.assert_array_equal(
+            out.positions, res2.atoms.positions, err_msg=f"result {k}: not deterministic for seed {seed}"
+        )
+        assert res.loss == res2.loss, f"result {k}: loss not deterministic for seed {seed}"
+        recomputed = float(np.abs(_features(representation, out) - targets[k]).mean())
+        assert np.isclose(res.loss, recomputed, rtol=rtol, atol=atol), (
+            f"result {k}: reported loss {res.loss} != recomputed {recomputed}"
+        )
+    return results

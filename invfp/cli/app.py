@@ -43,6 +43,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("invfp.cli.score_cmd", "score", "score"),
     ("invfp.cli.report_cmd", "report", "report"),
     ("invfp.cli.run_cmd", "run", "run"),
+    ("invfp.cli.reconstruct_cmd", "reconstruct", "reconstruct"),
 ]
 
 

@@ -48,6 +48,11 @@ class AdamHopping(Optimizer):
             40, "A member leaves the current descent after this many steps without 1% improvement.", check=positive_int
         ),
         "hop_size": Param(0.3, "Standard deviation (Å) of the random displacement of a hop.", check=positive),
+        "noise": Param(0.0, "Random kick per step (Å) at the initial step size, scaled with it.", check=non_negative),
+        "cull": Param(
+            0.5, "After each hop, this fraction of each target's members restarts from copies of the best.",
+            check=lambda v: None if isinstance(v, (int, float)) and 0 <= v < 1 else "must be in [0, 1)",
+        ),
         "temperature": Param(
             0.5, "Metropolis temperature on the natural log of the objective (0: only improvements).",
             check=non_negative,
@@ -99,7 +104,8 @@ class AdamHopping(Optimizer):
                 start = x_cur + p["hop_size"] * torch.randn(x_cur.shape, generator=generator, device=dev, dtype=dt)
             idx = torch.nonzero(active).squeeze(1)
             x_end, f_end, raw_end, used = self._descend(
-                objective, start[idx], target_of[idx], p["steps"], p["lr"], p["lr"] * p["lr_end"]
+                objective, start[idx], target_of[idx], p["steps"], p["lr"], p["lr"] * p["lr_end"],
+                generator=generator, noise=p["noise"],
             )
             steps[idx] += used
             f_new = torch.full_like(f_cur, math.inf)
@@ -122,6 +128,17 @@ class AdamHopping(Optimizer):
             x_best = torch.where(better[:, None, None], x_new, x_best)
             f_best = torch.where(better, f_new, f_best)
             raw_best = torch.where(better, raw_new, raw_best)
+            n_cull = int(p["cull"] * restarts)
+            if n_cull and hop < p["hops"]:
+                # Go with the winners: the worst members of each target restart from
+                # copies of the best (the next hop's kick makes the copies diverge).
+                order = torch.argsort(f_cur.view(n_targets, restarts), dim=1, stable=True)
+                n_keep = restarts - n_cull
+                base = torch.arange(n_targets, device=dev)[:, None] * restarts
+                dst = (base + order[:, n_keep:]).reshape(-1)
+                src = (base + order[:, torch.arange(n_cull, device=dev) % n_keep]).reshape(-1)
+                x_cur[dst] = x_cur[src]
+                f_cur[dst] = f_cur[src]
             reached = torch.zeros(n_targets, dtype=torch.bool, device=dev)
             reached.index_put_((target_of,), raw_best < p["tol"], accumulate=True)
             newly = reached & ~done
@@ -137,7 +154,7 @@ class AdamHopping(Optimizer):
             targets = torch.arange(n_targets, device=dev)
             x_ref, f_ref, _, used = self._descend(
                 objective, x_final, targets, p["refine_steps"], p["refine_lr"], p["refine_lr"] * 0.01,
-                patience=p["refine_steps"],
+                generator=generator, patience=p["refine_steps"],
             )
             steps[pick] += used
             keep = f_ref < f_best[pick]
@@ -158,6 +175,8 @@ class AdamHopping(Optimizer):
         lr: float,
         lr_end: float,
         *,
+        generator: torch.Generator,
+        noise: float = 0.0,
         patience: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Adam from ``x0`` for each member; returns the best point, objective, raw MAE, steps used.
@@ -200,6 +219,10 @@ class AdamHopping(Optimizer):
             mhat = m / (1 - beta1**t)
             vhat = v / (1 - beta2**t)
             x = x - rate * mhat / (vhat.sqrt() + eps)
+            if noise > 0:
+                # Langevin-like kicks that cool to zero with the schedule: escape shallow basins early.
+                heat = ((rate - lr_end) / (lr - lr_end)) ** 2 if lr > lr_end else 0.0
+                x = x + (noise * heat) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             last = step == n_steps - 1
             if t % patience == 0 or last:
                 stalled = f_act > 0.99 * checkpoint
