@@ -174,11 +174,17 @@ def load_run(directory: str | os.PathLike[str]) -> RunData:
     )
 
 
-def pca_projection(fit_on: np.ndarray, *others: np.ndarray, components: int = 2) -> list[np.ndarray]:
+def pca_projection(
+    fit_on: np.ndarray, *others: np.ndarray, components: int = 2, floor: float = 0.01
+) -> list[np.ndarray]:
     """Project arrays onto the leading principal components of ``fit_on``.
 
     Features are standardised by ``fit_on``'s mean and standard deviation first (raw
-    ACSF features span orders of magnitude; without it one feature is the whole PCA).
+    ACSF features span orders of magnitude; without it one feature is the whole PCA),
+    each deviation floored at ``floor`` times the root-mean-square deviation of all
+    features, as :class:`invfp.models.scaling.FeatureScaler` does: an ACSF has columns
+    that barely vary over real structures (large-eta, zeta = 64 terms), and a generated
+    sample that differs there by a hair would otherwise land 10^4 deviations away.
     Signs are fixed (largest loading positive) so the picture is reproducible.
 
     Returns:
@@ -187,7 +193,8 @@ def pca_projection(fit_on: np.ndarray, *others: np.ndarray, components: int = 2)
     X = np.asarray(fit_on, dtype=float)
     mean = X.mean(axis=0)
     std = X.std(axis=0)
-    std = np.where(std > 1e-12 * max(float(std.max()), 1e-300), std, 1.0)
+    rms = float(np.sqrt(np.mean(std**2)))
+    std = np.maximum(std, floor * rms) if rms > 0 else np.ones_like(std)
     Z = (X - mean) / std
     _, _, vt = np.linalg.svd(Z, full_matrices=False)
     axes = vt[:components]
@@ -274,14 +281,15 @@ def plot_property_hist(run: RunData, path: Path) -> Path | None:
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     for index, (target, group) in enumerate(zip(run.targets, groups, strict=True)):
         ax = axes[index]
-        values = np.array([r.true_property for r in group if r.true_property is not None], dtype=float)
         kept = np.array([r.true_property for r in group if r.accepted and r.true_property is not None], dtype=float)
+        rejected = np.array(
+            [r.true_property for r in group if not r.accepted and r.true_property is not None], dtype=float
+        )
+        values = np.concatenate([kept, rejected])
         if len(values):
             lo, hi = min(values.min(), target - run.window), max(values.max(), target + run.window)
-            bins = np.linspace(lo, hi, 25)
-            ax.hist(values, bins=bins, color="0.6", label=f"generated ({len(values)})")
-            if len(kept):
-                ax.hist(kept, bins=bins, color=_color(index), alpha=0.85, label=f"accepted ({len(kept)})")
+            ax.hist([kept, rejected], bins=np.linspace(lo, hi, 25), stacked=True, color=[_color(index), "0.7"],
+                    label=[f"accepted ({len(kept)})", f"rejected ({len(rejected)})"])
         ax.axvspan(target - run.window, target + run.window, color="gold", alpha=0.25, lw=0, label=f"±{run.window:g}")
         ax.axvline(target, color="k", lw=1)
         ax.set_title(f"target {target:g}")
@@ -341,9 +349,9 @@ def plot_loss_hist(run: RunData, path: Path) -> Path:
         if run.threshold is not None and run.threshold > 0:
             lo, hi = min(lo, run.threshold), max(hi, run.threshold)
         bins = np.geomspace(lo / 1.1, hi * 1.1, 30)
-        ax.hist(positive, bins=bins, color="0.6", label=f"all ({len(losses)})")
-        if len(kept):
-            ax.hist(kept[kept > 0], bins=bins, color="tab:green", alpha=0.8, label=f"accepted ({len(kept)})")
+        rejected = np.array([r.loss for r in run.rows if not r.accepted], dtype=float)
+        ax.hist([kept[kept > 0], rejected[rejected > 0]], bins=bins, stacked=True, color=["tab:green", "0.7"],
+                label=[f"accepted ({len(kept)})", f"rejected ({len(rejected)})"])
         ax.set_xscale("log")
     if run.threshold is not None:
         ax.axvline(run.threshold, color="tab:red", lw=1.5, ls="--", label=f"threshold {run.threshold:.3g}")
@@ -455,14 +463,14 @@ def write_report(
     if run.reference_R is None:
         notes.append("PCA: no reference.npz in the run, so the data are not shown")
     add("True property of generated structures", plot_property_hist(run, out / "property_hist.png"),
-        "Per target: the oracle's value for every generated structure (grey) and the accepted ones; "
-        "the band is the target ± window.", "the run has no oracle values (true property)")
+        "Per target: the oracle's value for every generated structure, accepted (colour) and rejected "
+        "(grey) stacked; the band is the target ± window.", "the run has no oracle values (true property)")
     add("Parity: true property against the target", plot_property_parity(run, out / "property_parity.png"),
         "Accepted structures in colour, rejected ones as grey crosses (x jittered).",
         "the run has no oracle values (true property)")
     add("Reconstruction loss", plot_loss_hist(run, out / "loss_hist.png"),
-        "MAE between each generated fingerprint and the fingerprint of its reconstruction; dashed: the "
-        "acceptance threshold.", "")
+        "MAE between each generated fingerprint and the fingerprint of its reconstruction, accepted "
+        "(green) and rejected (grey) stacked; dashed: the acceptance threshold.", "")
     if gallery_size:
         rendered = gallery(run, out / "gallery", gallery_size)
         figures.extend(path for _, path in rendered)

@@ -90,13 +90,27 @@ def test_pca_projection_matches_the_correlation_eigenvectors():
 
     rng = np.random.default_rng(1)
     X = rng.normal(size=(200, 5)) @ rng.normal(size=(5, 5)) * np.array([1e-3, 1.0, 10.0, 1e2, 1.0])
-    fitted, other = pca_projection(X, X[:7])
+    fitted, other = pca_projection(X, X[:7], floor=0.0)
     Z = (X - X.mean(0)) / X.std(0)
     eigenvalues = np.linalg.eigh(np.cov(Z.T, bias=True))[0][::-1]
     np.testing.assert_allclose(fitted.var(axis=0), eigenvalues[:2], rtol=1e-10)
     np.testing.assert_allclose(fitted.mean(axis=0), 0.0, atol=1e-12)
     assert abs(np.corrcoef(fitted.T)[0, 1]) < 1e-10
     np.testing.assert_allclose(other, fitted[:7], atol=1e-12)
+
+
+def test_pca_floor_keeps_near_constant_features_from_dominating():
+    from invfp.report import pca_projection
+
+    rng = np.random.default_rng(2)
+    X = np.column_stack([rng.normal(0, 1.0, 300), rng.normal(0, 2.0, 300), 5.0 + 1e-9 * rng.normal(size=300)])
+    sample = np.array([[0.0, 0.0, 5.0 + 1e-3]])  # off the data by a hair in the near-constant column
+    _, raw = pca_projection(X, sample, floor=0.0)
+    _, floored = pca_projection(X, sample)
+    assert np.abs(raw).max() > 1e4  # 1e-3 / 1e-9 standard deviations
+    rms = np.sqrt(np.mean(X.std(0) ** 2))
+    # with the floor, the hair counts as 1e-3 / (0.01 * rms) deviations
+    assert np.abs(floored).max() <= 1e-3 / (0.01 * rms) + 0.5  # + the data mean of the other columns
 
 
 def test_report_without_reference_data_says_so(run_dir, tmp_path):
