@@ -234,6 +234,20 @@ def test_dim_pooling_featurize_and_config_roundtrip():
     np.testing.assert_allclose(maxmin, np.concatenate([per_atom.max(0), per_atom.min(0)]))
 
 
+def test_fung2022_species_default_and_mixed_compositions():
+    pt = Atoms("Pt4", positions=_pt10(1, seed=2)[0][:4])
+    ptau = Atoms("Pt2Au2", positions=pt.positions)
+    rep = ACSF.fung2022()
+    assert rep.featurize([pt, pt]).shape == (2, rep.dim(pt.numbers))
+    with pytest.raises(InputError, match="different shapes"):
+        rep.featurize([pt, ptau])
+    both = ACSF.fung2022(species=["Pt", "Au"]).featurize([pt, ptau])
+    assert both.shape == (2, 2 * (140 * 2 + 50 * 3))
+    pt_only = rep.featurize(pt)
+    # Pt (78) is channel 0 before Au (79): the G2 maxima of the Pt cluster are every other entry
+    np.testing.assert_allclose(both[0][0:280:2], pt_only[:140], rtol=1e-12)
+
+
 def test_polynomial_cutoff_is_smooth_at_rc():
     rep = ACSF(species=["H"], r_cut=3.0, g2_params=[[0.5, 1.0]], cutoff="polynomial", pooling="sum")
     r = torch.tensor([2.999, 3.0, 3.001], dtype=torch.float64)

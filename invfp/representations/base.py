@@ -120,6 +120,13 @@ class Representation(Component, torch.nn.Module):
                     for j, i in enumerate(chunk):
                         out[i] = values[j]
                     advance(len(chunk))
+        shapes = {v.shape for v in out if v is not None}
+        if len(shapes) > 1:
+            raise InputError(
+                f"these structures give fingerprints of different shapes ({sorted(shapes)}), e.g. "
+                "because the element channels follow each structure's elements; fix the elements "
+                "(species=[...]) or featurize each composition separately"
+            )
         result = np.stack(out)  # type: ignore[arg-type]
         return result[0] if single else result
 
