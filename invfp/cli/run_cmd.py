@@ -138,6 +138,7 @@ def run(
     from invfp.data import featurize, furthest_point_sampling, load
     from invfp.data.datasets import BUILTIN, UNITS
     from invfp.engine import Pipeline, train_or_load
+    from invfp.models.base import TargetOutOfRangeWarning
     from invfp.reconstruction import auto_feature_scale
     from invfp.results import ResultsStore
     from invfp.utils import resolve_device
@@ -224,7 +225,7 @@ def run(
             f" on {size} of {len(dataset)} structures ({data})",
             highlight=False,
         )
-        store_reference(store, R_train, y_train)
+        store.write_reference(R_train, y_train)
         pipe = Pipeline(
             rep, bundle.generator, numbers=dataset.numbers, cell=dataset.cell, pbc=dataset.pbc,
             surrogate=bundle.surrogate, optimizer=optimizer, optimizer_options=opt_options, filters=filter_objects,
@@ -240,9 +241,7 @@ def run(
             if calibration is None:
                 count = min(settings["calibrate"], size)
                 pick = np.random.default_rng(seed).choice(size, count, replace=False)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    calibration = pipe.calibrate(R_train[np.sort(pick)], seed=seed, quantile=0.9, factor=2.0)
+                calibration = pipe.calibrate(R_train[np.sort(pick)], seed=seed, quantile=0.9, factor=2.0)
                 store.write_json("calibration.json", calibration)
             pipe.loss_threshold = float(calibration["threshold"])
             threshold_note = (
@@ -254,7 +253,9 @@ def run(
         out.print(target_note, highlight=False)
 
         # 5. generate → reconstruct → validate, chunk by chunk (where: --executor; only we write the store)
-        with create_executor(executor, scheduler=scheduler, workers=workers) as runner:
+        with create_executor(executor, scheduler=scheduler, workers=workers) as runner, warnings.catch_warnings():
+            # Out-of-range targets were reported once above; the model would repeat it per chunk.
+            warnings.simplefilter("ignore", TargetOutOfRangeWarning)
             result = pipe.run(
                 target_values, n, store=store, seed=seed, chunk_size=chunk, progress=True, executor=runner,
                 summary_extra={
@@ -279,19 +280,6 @@ def run(
         f"{time.perf_counter() - started:.0f} s",
         highlight=False,
     )
-
-
-def store_reference(store: Any, R: Any, y: Any) -> None:
-    """Write the training fingerprints and properties (``reference.npz``) for ``invfp report``."""
-    import numpy as np
-
-    from invfp.utils import atomic_write
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, R=np.asarray(R, dtype=np.float32), y=np.asarray(y, dtype=float))
-
-    atomic_write(store.directory / "reference.npz", write)
 
 
 def _console() -> Any:
