@@ -1,0 +1,163 @@
+"""Reconstruction: fingerprints back to atoms (invfp.reconstruct, both optimizers, the CLI)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.io import read
+
+import invfp
+from invfp import testing
+from invfp.errors import ConfigError, InputError, UnknownComponentError
+from invfp.metrics import rmsd
+
+SMALL_ADAM = {"restarts": 8, "hops": 2, "steps": 150, "refine_steps": 100}
+SMALL_LBFGS = {"restarts": 8, "steps": 150}
+
+
+@pytest.fixture(scope="module")
+def fung():
+    return invfp.get_representation("acsf", preset="fung2022")
+
+
+@pytest.fixture(scope="module")
+def pt4() -> Atoms:
+    atoms = Atoms("Pt4", positions=[[0, 0, 0], [2.6, 0, 0], [1.3, 2.2, 0], [1.2, 0.8, 2.1]], cell=[20] * 3)
+    atoms.rattle(0.05, seed=1)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def nacl_rep():
+    g2 = [[eta, rs] for eta in (0.5, 1.0, 2.0, 4.0) for rs in (1.0, 2.0, 3.0, 4.0, 5.0)]
+    g4 = [[eta, z, lam] for eta in (0.01, 0.1) for z in (1.0, 2.0, 4.0) for lam in (-1.0, 1.0)]
+    return invfp.get_representation(
+        "acsf", species=[11, 17], r_cut=6.0, g2_params=g2, g4_params=g4, periodic=True
+    )
+
+
+@pytest.mark.parametrize(("optimizer", "options"), [("adam-hopping", SMALL_ADAM), ("lbfgs", SMALL_LBFGS)])
+def test_cluster_recovered(fung, pt4, optimizer, options):
+    target = fung.featurize(pt4)
+    (res,) = invfp.reconstruct(
+        target, numbers="Pt4", cell=20.0, representation=fung, optimizer=optimizer, seed=0, **options
+    )
+    assert res.loss < 2e-4
+    # ACSF cannot tell a cluster from its mirror image.
+    assert rmsd(pt4, res.atoms, allow_reflection=True) < 0.02
+    assert res.atoms.info["loss"] == res.loss
+    assert len(res.restart_losses) == options["restarts"]
+    assert res.loss <= min(res.restart_losses) * 1.5 + 1e-6
+
+
+@pytest.mark.parametrize(("optimizer", "options"), [("adam-hopping", SMALL_ADAM), ("lbfgs", SMALL_LBFGS)])
+def test_periodic_crystal_recovered_up_to_translation(nacl_rep, optimizer, options):
+    crystal = bulk("NaCl", "rocksalt", a=5.64)
+    target = nacl_rep.featurize(crystal)
+    (res,) = invfp.reconstruct(
+        target, numbers=crystal.numbers, cell=crystal.cell.array, pbc=True, representation=nacl_rep,
+        optimizer=optimizer, seed=0, **options,
+    )
+    assert res.atoms.pbc.all()
+    np.testing.assert_allclose(res.atoms.cell.array, crystal.cell.array)
+    assert rmsd(crystal, res.atoms) < 0.02
+
+
+@pytest.mark.parametrize(("name", "options"), [("adam-hopping", SMALL_ADAM), ("lbfgs", SMALL_LBFGS)])
+def test_optimizer_conformance(fung, pt4, name, options):
+    small = {**options, "restarts": 3}
+    if name == "adam-hopping":
+        small.update(hops=1, steps=40, refine_steps=20)
+    else:
+        small.update(steps=40)
+    second = pt4.copy()
+    second.rattle(0.2, seed=4)
+    results = testing.check_optimizer(invfp.get_optimizer(name, **small), fung, [pt4, second])
+    assert [r.target_index for r in results] == [0, 1]
+
+
+def test_invalid_fingerprint_returns_best_with_honest_loss(fung, pt4):
+    target = fung.featurize(pt4) * 1.5  # no Pt4 has this fingerprint
+    (res,) = invfp.reconstruct(target, numbers="Pt4", cell=20.0, representation=fung, seed=0, **SMALL_ADAM)
+    recomputed = float(np.abs(fung.featurize(res.atoms) - target).mean())
+    assert res.loss == pytest.approx(recomputed, rel=1e-4)
+    assert res.loss > 1e-2
+
+
+def test_batch_gives_one_result_per_target_in_order(fung, pt4):
+    other = pt4.copy()
+    other.positions[3] += [0.0, 0.0, 0.6]
+    targets = fung.featurize([pt4, other])
+    results = invfp.reconstruct(targets, numbers="Pt4", cell=20.0, representation=fung, seed=1, **SMALL_ADAM)
+    assert [r.target_index for r in results] == [0, 1]
+    assert rmsd(pt4, results[0].atoms, allow_reflection=True) < 0.02
+    assert rmsd(other, results[1].atoms, allow_reflection=True) < 0.02
+
+
+def test_bad_input_gives_clear_errors(fung, pt4):
+    target = fung.featurize(pt4)
+    kw = {"numbers": "Pt4", "cell": 20.0, "representation": fung}
+    with pytest.raises(InputError, match="100 features but .* gives 380"):
+        invfp.reconstruct(target[:100], **kw)
+    bad = target.copy()
+    bad[5] = np.nan
+    with pytest.raises(InputError, match="NaN or inf"):
+        invfp.reconstruct(bad, **kw)
+    with pytest.raises(InputError, match="do not fit|does not fit"):
+        invfp.reconstruct(fung.featurize(Atoms("Pt40", positions=np.random.default_rng(0).normal(size=(40, 3)))),
+                          numbers="Pt40", cell=5.0, representation=fung)
+    with pytest.raises(InputError, match="needs a cell"):
+        invfp.reconstruct(target, numbers="Pt4", pbc=True, representation=fung)
+    with pytest.raises(UnknownComponentError, match="adam-hopping"):
+        invfp.reconstruct(target, optimizer="adamm", **kw)
+    with pytest.raises(ConfigError, match="restarts"):
+        invfp.reconstruct(target, restarts=0, **kw)
+    with pytest.raises(ConfigError, match="ready optimizer object"):
+        invfp.reconstruct(target, optimizer=invfp.get_optimizer("lbfgs"), restarts=2, **kw)
+    with pytest.raises(ConfigError, match="feature_scale"):
+        invfp.reconstruct(target, feature_scale="loud", **kw)
+
+
+def test_auto_feature_scale_is_robust():
+    from invfp.reconstruction import auto_feature_scale
+
+    targets = np.array([[1.0, 1e-6, 100.0, 0.0], [3.0, 3e-6, 300.0, 0.0], [2.0, 2e-6, 200.0, 0.0]])
+    scale = auto_feature_scale(targets)
+    # medians 2, 2e-6, 200, 0; typical (median of the non-zero) = 2; floor 1 % of it.
+    np.testing.assert_allclose(scale, [1.0, 0.01, 100.0, 0.01])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "invfp", "reconstruct", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_reconstructs_csv_and_reports_bad_input(fung, pt4, tmp_path):
+    target = fung.featurize(pt4)
+    csv = tmp_path / "R.csv"
+    np.savetxt(csv, target[None], delimiter=",")
+    out = tmp_path / "out.extxyz"
+    opts = ["--option", "steps=60", "--option", "refine_steps=40", "--restarts", "4", "--hops", "1"]
+    done = _cli(str(csv), "--formula", "Pt4", "--cell", "20", "--preset", "fung2022", "--seed", "0",
+                "--device", "cpu", "-q", "-o", str(out), *opts)
+    assert done.returncode == 0, done.stderr
+    frames = read(out, index=":")
+    assert len(frames) == 1 and frames[0].get_chemical_formula() == "Pt4"
+    loss = frames[0].info["loss"]
+    assert loss == pytest.approx(float(np.abs(fung.featurize(frames[0]) - target).mean()), rel=1e-4, abs=1e-7)
+
+    np.save(tmp_path / "short.npy", target[:10])
+    bad = _cli(str(tmp_path / "short.npy"), "--formula", "Pt4", "--cell", "20", "--preset", "fung2022",
+               "-o", str(tmp_path / "x.extxyz"))
+    assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    assert "10 features" in bad.stderr
+    bad = _cli(str(csv), "--formula", "Pt4", "--cell", "20", "--preset", "fung2022", "--optimizer", "nope",
+               "-o", str(tmp_path / "x.extxyz"))
+    assert bad.returncode == 2 and "lbfgs" in bad.stderr
+    assert not (tmp_path / "x.extxyz").exists()
