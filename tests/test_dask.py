@@ -27,6 +27,20 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
+def cluster_client():
+    """A real local cluster: 2 worker processes of 1 thread, loopback only."""
+    import distributed
+
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="module")
 def local_records(tiny):
     """The reference: the whole run in this process (the default executor)."""
     return tiny.run(TARGETS, n=N, chunk_size=CHUNK, progress=False).records
@@ -65,10 +79,29 @@ def test_create_executor_checks_its_options():
         create_executor("dask", workers=0)
 
 
-def test_dask_run_survives_a_killed_worker(tiny, local_records, tmp_path):
-    """Kill a worker process while it computes a chunk: its chunk runs again; results.db is complete."""
-    import distributed
+def _fail_on_three(path, item):
+    with open(path, "a") as handle:
+        handle.write(f"{item}\n")
+    if item == 3:
+        raise ValueError("item 3 is bad")
+    return item * item
 
+
+def test_dask_map_streams_every_result_and_retries_failures(cluster_client, tmp_path):
+    from invfp.executors import DaskExecutor
+
+    executor = DaskExecutor(cluster_client, retries=2)
+    out = dict(executor.map(lambda shared, item: shared + item, 100, list(range(10))))
+    assert out == {i: 100 + i for i in range(10)}
+    attempts = tmp_path / "attempts.txt"
+    with pytest.raises(ValueError, match="item 3 is bad"):
+        dict(executor.map(_fail_on_three, str(attempts), [1, 2, 3]))
+    assert attempts.read_text().split().count("3") == 3  # the first try and 2 retries
+    assert list(executor.map(_fail_on_three, str(attempts), [])) == []
+
+
+def test_dask_run_survives_a_killed_worker(tiny, local_records, cluster_client, tmp_path):
+    """Kill a worker process while it computes a chunk: its chunk runs again; results.db is complete."""
     from invfp.executors import DaskExecutor
     from invfp.results import ResultsStore
 
@@ -85,28 +118,23 @@ def test_dask_run_survives_a_killed_worker(tiny, local_records, tmp_path):
             killed.update(address=address, pid=state[address][0], executing=state[address][1])
             os.kill(killed["pid"], signal.SIGKILL)
 
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        executor = DaskExecutor(client)
-        with KillAfterFirstChunk(tmp_path / "run", {"test": "dask"}) as store:
-            result = tiny.run(TARGETS, n=N, chunk_size=CHUNK, store=store, progress=False, executor=executor)
-        assert killed, "no worker was killed"
-        # the scheduler took back the chunks the dead worker was computing or holding and ran them again
-        log = [e for e in client.run_on_scheduler(_transitions) if e[0].startswith("invfp-item")]
-        lost = {key for key, start, _, stimulus in log
-                if start in ("processing", "memory") and stimulus.startswith("handle-worker-cleanup")}
-        assert lost, "the killed worker held no chunk"
-        assert set(killed["executing"]) <= lost
-        for key in lost:
-            last = max(i for i, e in enumerate(log) if e[0] == key and e[3].startswith("handle-worker-cleanup"))
-            assert any(e[0] == key and e[2] == "memory" for e in log[last:]), f"{key} was not recomputed"
-        assert killed["pid"] not in client.run(os.getpid).values()
-        executor.close()  # a client given to the executor stays open
-        assert client.status == "running"
+    client = cluster_client
+    executor = DaskExecutor(client)
+    with KillAfterFirstChunk(tmp_path / "run", {"test": "dask"}) as store:
+        result = tiny.run(TARGETS, n=N, chunk_size=CHUNK, store=store, progress=False, executor=executor)
+    assert killed, "no worker was killed"
+    # the scheduler took back the chunks the dead worker was computing or holding and ran them again
+    log = [e for e in client.run_on_scheduler(_transitions) if e[0].startswith("invfp-item")]
+    lost = {key for key, start, _, stimulus in log
+            if start in ("processing", "memory") and stimulus.startswith("handle-worker-cleanup")}
+    assert lost, "the killed worker held no chunk"
+    assert set(killed["executing"]) <= lost
+    for key in lost:
+        last = max(i for i, e in enumerate(log) if e[0] == key and e[3].startswith("handle-worker-cleanup"))
+        assert any(e[0] == key and e[2] == "memory" for e in log[last:]), f"{key} was not recomputed"
+    assert killed["pid"] not in client.run(os.getpid).values()
+    executor.close()  # a client given to the executor stays open
+    assert client.status == "running"
     assert result.computed_chunks == len(TARGETS) * N // CHUNK and result.skipped_chunks == 0
 
     import ase.db
