@@ -375,7 +375,7 @@ def text_histogram(values: np.ndarray, *, bins: int = 12, width: int = 40) -> st
     top = max(int(counts.max()), 1)
     digits = len(str(top))
     return "\n".join(
-        f"[{lo:9.4f}, {hi:9.4f})  {int(c):>{digits}}  {'#' * round(width * c / top)}"
+        f"[{lo:9.4f}, {hi:9.4f})  {int(c):>{digits}}  {'#' * round(width * c / top)}".rstrip()
         for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)
     )
 
