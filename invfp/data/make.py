@@ -108,6 +108,8 @@ def make_dataset(
         fmax: FIRE convergence criterion, eV/Å.
         max_steps: most FIRE steps per relaxation.
         workers: worker processes (default: all available cores; 1 runs in this process).
+            Linux forks them; elsewhere they are spawned, so a script calling this must
+            guard its entry point with ``if __name__ == "__main__":``.
         progress: show a progress bar.
 
     Returns:
