@@ -1,3 +1,6 @@
+"""``python -m invfp``: the command line."""
+
 from invfp.cli import main
 
-main()
+if __name__ == "__main__":
+    main()
