@@ -160,7 +160,8 @@ def run(
     if preset is not None or representation == "acsf":
         rep_params["preset"] = preset or "fung2022"
     rep = invfp.get_representation(representation, **rep_params)
-    R = featurize(dataset, rep, cache=True)
+    R = featurize(dataset, rep, cache=True, progress=True)
+    data_hash = dataset.content_hash()
     size = min(int(train_size or settings["train_size"]), len(dataset))
     train_idx = np.sort(furthest_point_sampling(R, size, seed=seed)) if size < len(dataset) else np.arange(len(dataset))
     R_train, y_train = R[train_idx], dataset.y[train_idx]
@@ -190,7 +191,7 @@ def run(
     oracle_validator = None if oracle.lower() == "none" else EnergyValidator(calculator=oracle, tolerance=window)
     filter_objects = [invfp.get_validator(name) for name in filters]
     config = {
-        "data": {"source": data, "size": settings["size"] if builtin else None, "hash": dataset.content_hash(),
+        "data": {"source": data, "size": settings["size"] if builtin else None, "hash": data_hash,
                  "frames": len(dataset), "formula": dataset.formula},
         "property": property_name,
         "units": units,
@@ -216,7 +217,7 @@ def run(
         bundle, reused = train_or_load(
             R_train, y_train, representation=rep, model=model, model_params=model_params,
             surrogate_params=model_params, property_name=property_name, units=units, seed=seed,
-            data_summary={"source": data, "hash": dataset.content_hash(), "train_size": int(size)},
+            data_summary={"source": data, "hash": data_hash, "train_size": int(size)},
             progress=True, device=dev,
         )
         train_seconds = time.perf_counter() - t0
