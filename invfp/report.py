@@ -65,6 +65,8 @@ class RunData:
     targets: list[float]
     """Target values by target index."""
     property_name: str
+    units: str
+    """Units of the property ("" when the run does not say)."""
     window: float
     """Half-width of the "near the target" band (property units)."""
     threshold: float | None
@@ -167,6 +169,7 @@ def load_run(directory: str | os.PathLike[str]) -> RunData:
         rows=rows,
         targets=[targets.get(i, math.nan) for i in range(max(targets) + 1)],
         property_name=str(summary.get("property", config.get("property", "property"))),
+        units=str(summary.get("units", config.get("units", "")) or ""),
         window=float(window) if window is not None else 0.1,
         threshold=_finite_or_none(threshold),
         reference_R=reference_R,
@@ -215,6 +218,10 @@ def _figure(width: float, height: float) -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     return atomic_write(path, lambda p: fig.savefig(p, format="png"))
+
+
+def _label(run: RunData, what: str) -> str:
+    return f"{what} {run.property_name}" + (f" ({run.units})" if run.units else "")
 
 
 def _grid(n: int, max_columns: int = 3) -> tuple[int, int]:
@@ -293,7 +300,7 @@ def plot_property_hist(run: RunData, path: Path) -> Path | None:
         ax.axvspan(target - run.window, target + run.window, color="gold", alpha=0.25, lw=0, label=f"±{run.window:g}")
         ax.axvline(target, color="k", lw=1)
         ax.set_title(f"target {target:g}")
-        ax.set_xlabel(f"true {run.property_name}")
+        ax.set_xlabel(_label(run, "true"))
         ax.set_ylabel("structures")
         ax.legend(fontsize=7)
     for ax in axes[len(run.targets):]:
@@ -310,6 +317,7 @@ def plot_property_parity(run: RunData, path: Path) -> Path | None:
     spread = float(np.ptp(run.targets)) if len(run.targets) > 1 else 1.0
     jitter = np.random.default_rng(0)
     lows, highs = [min(run.targets)], [max(run.targets)]
+    rejected_label = "rejected"  # on the first rejected series only
     for index, (target, group) in enumerate(zip(run.targets, _by_target(run), strict=True)):
         for accepted in (False, True):
             values = np.array(
@@ -323,15 +331,15 @@ def plot_property_parity(run: RunData, path: Path) -> Path | None:
             if accepted:
                 ax.scatter(x, values, s=14, color=_color(index), label=f"accepted, target {target:g}")
             else:
-                ax.scatter(x, values, s=10, marker="x", color="0.6", lw=0.7,
-                           label="rejected" if index == 0 else None)
+                ax.scatter(x, values, s=10, marker="x", color="0.45", lw=0.8, label=rejected_label)
+                rejected_label = None
     lo, hi = min(lows) - run.window, max(highs) + run.window
     line = np.array([lo, hi])
     ax.plot(line, line, color="k", lw=1)
     ax.fill_between(line, line - run.window, line + run.window, color="gold", alpha=0.25, lw=0,
                     label=f"±{run.window:g}")
-    ax.set_xlabel(f"target {run.property_name}")
-    ax.set_ylabel(f"true {run.property_name}")
+    ax.set_xlabel(_label(run, "target"))
+    ax.set_ylabel(_label(run, "true"))
     ax.set_title("true property vs target")
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -457,7 +465,7 @@ def write_report(
         sections.append(f"<h2>{html.escape(title)}</h2>" + _image(path, out, html.escape(caption), title))
 
     add("PCA of R (the paper's Figure 6)", plot_pca(run, out / "pca.png"),
-        "First two principal components of the standardised fingerprints: data (black), data within the "
+        "First two principal components of the standardised fingerprints: data (grey), data within the "
         "window of the target (blue), generated samples (red squares), accepted samples (green).",
         "the run stored no generated fingerprints")
     if run.reference_R is None:
@@ -494,7 +502,8 @@ def write_report(
         f"<title>invfp report: {html.escape(run.directory.name)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>invfp run {html.escape(str(run.directory))}</h1>"
         f"<p>{len(run.rows)} samples, {sum(r.accepted for r in run.rows)} accepted; property "
-        f"{html.escape(run.property_name)}, window ±{run.window:g}, loss threshold {threshold}.</p>"
+        f"{html.escape(run.property_name)}{html.escape(' (' + run.units + ')' if run.units else '')}, "
+        f"window ±{run.window:g}, loss threshold {threshold}.</p>"
         f"<table><tr>{head}</tr>{body}</table>" + "".join(sections)
         + ("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else "")
         + "</body></html>"
