@@ -79,6 +79,21 @@ def test_create_executor_checks_its_options():
         create_executor("dask", workers=0)
 
 
+def test_run_cli_checks_executor_options_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from invfp.cli.app import app
+
+    for args, message in (
+        (["--workers", "2"], "need --executor dask"),
+        (["--executor", "spark"], "choose one of: local, dask"),
+        (["--executor", "dask", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"),
+    ):
+        result = CliRunner().invoke(app, ["run", "-o", str(tmp_path / "run"), *args])
+        assert isinstance(result.exception, ConfigError) and message in str(result.exception), result.output
+    assert not (tmp_path / "run").exists()  # refused before the run directory was made
+
+
 def _fail_on_three(path, item):
     with open(path, "a") as handle:
         handle.write(f"{item}\n")
