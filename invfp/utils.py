@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from invfp.errors import ConfigError
+from invfp.errors import ConfigError, InputError
 
 
 @contextlib.contextmanager
@@ -47,23 +47,51 @@ def progress_bar(total: int, description: str, *, enabled: bool = True) -> Itera
         yield lambda n=1: bar.advance(task, n)
 
 
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """Check, without creating anything, that ``path`` can be written; raise InputError if not.
+
+    Commands call it before expensive work so that a bad ``-o`` fails at once, not
+    after an hour of training. The nearest existing ancestor must be a directory we
+    may write to (a path under a regular file is the usual mistake).
+    """
+    path = Path(path)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(
+            f"cannot write {path}: {ancestor} is a file, not a directory; choose an output path in a directory"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {path}: directory {ancestor} is not writable; choose another output path")
+    return path
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
     """Write a file atomically: ``write(tmp_path)`` then rename over ``path``.
 
     A crash or an exception leaves either the old file or nothing, never half a file.
     """
-    path = Path(path)
+    path = check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        # mkstemp creates 0600; give the final file the mode a plain open() would have
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
