@@ -80,7 +80,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> 
     try:
         write(tmp_path)
         # mkstemp creates 0600; give the final file the mode a plain open() would have
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -88,10 +88,14 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> 
     return path
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# read once at import: os.umask is process-global, so toggling it later would race with threads
+_UMASK = _read_umask()
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
