@@ -77,13 +77,30 @@ def main() -> None:
     """Console-script entry point: run the app, turning errors into one line + exit code."""
     debug = "--debug" in sys.argv
     try:
-        app(prog_name="invfp")
+        # standalone_mode=False: typer hands usage errors to us (one line) instead of a boxed message
+        code = app(prog_name="invfp", standalone_mode=False)
+    except typer.TyperException as exc:  # typer's (vendored click's) usage errors
+        if type(exc).__name__ == "NoArgsIsHelpError":  # typer has already printed the help
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        sys.exit(_print_error(f"{exc.format_message()}{hint}", exc.exit_code))
+    except typer.Abort:
+        sys.exit(_print_error("aborted", 1))
     except InvfpError as exc:
         if debug:
             raise
         sys.exit(_print_error(str(exc), exc.exit_code))
     except KeyboardInterrupt:
         sys.exit(_print_error("interrupted; rerun the same command to resume where possible", 130))
+    except OSError as exc:  # disk full, permissions, a file where a directory should be ...
+        if debug:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        sys.exit(_print_error(
+            f"cannot read or write{where}: {exc.strerror or exc}; check that the path exists, that its parents "
+            "are directories you may write to and that the disk has space", 74,
+        ))
     except Exception as exc:  # noqa: BLE001 - no tracebacks for users unless --debug
         if debug:
             raise
@@ -92,3 +109,4 @@ def main() -> None:
                 f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 70
             )
         )
+    sys.exit(code if isinstance(code, int) else 0)

@@ -50,6 +50,9 @@ def make(
         )
     from invfp.data import make_dataset
     from invfp.data.make import row_keys
+    from invfp.utils import check_output_path
+
+    check_output_path(output)
 
     path = make_dataset(
         output,

@@ -70,11 +70,12 @@ def featurize(
 
     import invfp
     from invfp.errors import InputError
-    from invfp.utils import atomic_write, resolve_device
+    from invfp.utils import atomic_write, check_output_path, resolve_device
 
     for path in files:
         if not path.is_file():
             raise InputError(f"{path}: no such file")
+    check_output_path(output)
     rep = invfp.get_representation(representation, **params)
     frames = []
     for path in files:

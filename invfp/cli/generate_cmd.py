@@ -33,8 +33,9 @@ def generate(
 
     from invfp.models.base import TargetOutOfRangeWarning
     from invfp.models.io import load_bundle
-    from invfp.utils import atomic_write
+    from invfp.utils import atomic_write, check_output_path
 
+    check_output_path(output)
     b = load_bundle(bundle)
     if hasattr(b.generator, "to"):  # plugin models need not support devices
         b.generator.to(device)

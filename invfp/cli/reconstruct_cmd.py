@@ -82,12 +82,13 @@ def reconstruct(
 
     import invfp
     from invfp.plugins import create
-    from invfp.utils import atomic_write
+    from invfp.utils import atomic_write, check_output_path
 
     if output.suffix not in (".extxyz", ".xyz"):
         from invfp.cli.app import error
 
         error(f"--output {str(output)!r}: write .extxyz (or .xyz)")
+    check_output_path(output)
     targets = _load_targets(fingerprints)
     rep_params = _key_values(param, "--param")
     if preset is not None:

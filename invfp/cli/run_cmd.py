@@ -121,10 +121,15 @@ def run(
         error("'energy' is the oracle (--oracle); listing it in --validators too would filter on the true property")
     if not (window > 0):
         error(f"--window must be > 0, got {window}")
+    if loss_threshold is not None and not (0 < loss_threshold < float("inf")):
+        error(f"--loss-threshold must be a finite number > 0, got {loss_threshold} (leave it out to calibrate one)")
     _check_names(representation, model, optimizer, filters + ([] if oracle.lower() == "none" else ["energy"]))
     from invfp.executors import check_executor_options, create_executor
 
     check_executor_options(executor, scheduler=scheduler, workers=workers)
+    from invfp.utils import check_output_path
+
+    check_output_path(output)  # before data and training
     target_values: list[float] | None = None
     if targets is not None:
         try:
@@ -149,6 +154,7 @@ def run(
     out = _console()
     n = int(n or settings["n"])
     opt_options = {**settings["optimizer_options"], **_parse_options(opt)}
+    invfp.get_optimizer(optimizer, **opt_options)  # bad --opt values fail now, not after training
 
     # 1. data and fingerprints
     builtin = data in BUILTIN

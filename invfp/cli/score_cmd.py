@@ -24,15 +24,19 @@ def score(
 
     if delta <= 0:
         error(f"--delta must be > 0, got {delta}")
+    if target is not None and not abs(target) < float("inf"):
+        error(f"--target must be a finite number, got {target}")
 
     import numpy as np
 
     from invfp.errors import InputError
     from invfp.models.io import load_bundle
-    from invfp.utils import atomic_write
+    from invfp.utils import atomic_write, check_output_path
 
     if not fingerprints.is_file():
         raise InputError(f"{fingerprints}: no such file")
+    if output is not None:
+        check_output_path(output)
     b = load_bundle(bundle)
     try:
         R = np.load(fingerprints, allow_pickle=False)

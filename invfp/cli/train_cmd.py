@@ -64,6 +64,9 @@ def train(
     from invfp.data import featurize, furthest_point_sampling, load
     from invfp.models.io import save_bundle
     from invfp.models.surrogate import Surrogate
+    from invfp.utils import check_output_path
+
+    check_output_path(output)  # before training, not after
 
     # build (and so validate) every component before the expensive steps
     generator = invfp.get_model(model, **model_params)

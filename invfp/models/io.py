@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from invfp.errors import InvfpError, ModelLoadError
+from invfp.utils import check_output_path
 
 if TYPE_CHECKING:
     import torch
@@ -82,6 +83,7 @@ def atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(directory)
     if target.exists() and not target.is_dir():
         raise ModelLoadError(f"cannot save a model to {target}: a file of that name exists; choose another path")
+    check_output_path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
