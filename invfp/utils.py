@@ -103,6 +103,28 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
 
+def read_npy(path: str | os.PathLike[str]) -> Any:
+    """Read a numeric ``.npy`` array; never unpickles; InputError naming the problem otherwise."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    with path.open("rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        raise InputError(f"{path} is not a .npy file (no NumPy header); save the array with numpy.save")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):  # object arrays: loading would run pickle, so never
+            raise InputError(f"{path} holds Python objects, not numbers; invfp never unpickles: save a numeric array") from exc
+        raise InputError(f"{path} is damaged or truncated ({exc}); write it again") from exc
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise InputError(f"{path} holds {array.dtype} values, not real numbers; save a float array")
+    return array
+
+
 def resolve_device(device: Any = None) -> Any:
     """A ``torch.device``: the one asked for, else CUDA when available, else CPU."""
     import torch

@@ -104,6 +104,14 @@ def info(
     if formula is not None:
         frames = select_formula(frames, formula, source)
     y = property_values(frames, property, source)
+    bad = [i for i, value in enumerate(y) if not abs(value) < float("inf")]
+    if bad:
+        from invfp.errors import DataError
+
+        raise DataError(
+            f"{len(bad)} frames of {source} have a non-finite {property!r} (NaN or inf; first: frame {bad[0]}); "
+            "remove those frames or fix their values"
+        )
     units = UNITS.get(property, "")
     typer.echo(f"{source}: {sum(counts.values())} frames")
     typer.echo("compositions: " + ", ".join(f"{f} ({n})" for f, n in counts.most_common()))

@@ -45,12 +45,13 @@ def _load_targets(path: Path) -> object:
     import numpy as np
 
     from invfp.errors import InputError
+    from invfp.utils import read_npy
 
     if not path.is_file():
         raise InputError(f"fingerprint file {str(path)!r} not found")
+    if path.suffix == ".npy":
+        return read_npy(path)
     try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
         if path.suffix == ".csv":
             return np.loadtxt(path, delimiter=",", ndmin=2)
     except ValueError as exc:

@@ -31,17 +31,12 @@ def score(
 
     from invfp.errors import InputError
     from invfp.models.io import load_bundle
-    from invfp.utils import atomic_write, check_output_path
+    from invfp.utils import atomic_write, check_output_path, read_npy
 
-    if not fingerprints.is_file():
-        raise InputError(f"{fingerprints}: no such file")
+    R = read_npy(fingerprints)
     if output is not None:
         check_output_path(output)
     b = load_bundle(bundle)
-    try:
-        R = np.load(fingerprints, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{fingerprints} is not a readable .npy array of numbers: {exc}") from exc
     if R.ndim == 1:
         R = R[None]
     if not np.issubdtype(R.dtype, np.number) or R.ndim != 2 or R.shape[0] == 0:

@@ -86,8 +86,11 @@ class Dataset:
         if len(self.y) != len(self.atoms):
             raise DataError(f"{len(self.atoms)} structures but {len(self.y)} property values")
         if not np.all(np.isfinite(self.y)):
-            bad = int(np.sum(~np.isfinite(self.y)))
-            raise DataError(f"{bad} frames of {source or 'the data set'} have a non-finite {property!r}")
+            bad = np.flatnonzero(~np.isfinite(self.y))
+            raise DataError(
+                f"{len(bad)} frames of {source or 'the data set'} have a non-finite {property!r} (NaN or inf; "
+                f"first: frame {bad[0]}); remove those frames or fix their values"
+            )
         first = self.atoms[0].numbers
         for i, frame in enumerate(self.atoms):
             if not np.array_equal(frame.numbers, first):
