@@ -114,6 +114,8 @@ def load_run(directory: str | os.PathLike[str]) -> RunData:
     Raises:
         InputError: not a run directory, an unreadable side file, or no samples yet.
     """
+    import sqlite3
+
     import ase.db
 
     directory = Path(directory)
@@ -144,6 +146,10 @@ def load_run(directory: str | os.PathLike[str]) -> RunData:
             targets[rows[-1].target_index] = rows[-1].target
     except KeyError as exc:
         raise InputError(f"{db_path} lacks the column {exc} of invfp results; is it an invfp run?") from exc
+    except sqlite3.DatabaseError as exc:  # not SQLite, truncated, or another program's database
+        raise InputError(
+            f"{db_path} is not a readable ase.db ({exc}); give a run directory written by `invfp run -o DIR`"
+        ) from exc
     if not rows:
         raise InputError(f"{db_path} holds no samples yet; let `invfp run` commit a chunk first")
     rows.sort(key=lambda r: (r.target_index, r.sample))
