@@ -19,6 +19,7 @@ row is duplicated or lost.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -92,6 +93,21 @@ class _MemoryLock:
         return None
 
 
+def _readable_sqlite(path: Path) -> bool:
+    """Whether SQLite reads ``path`` whole (``PRAGMA quick_check``), before a resume builds on it.
+
+    Opened read-write, as ase.db will: a hot journal left by kill -9 is rolled back, not
+    mistaken for damage.
+    """
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as con:
+            return con.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    except sqlite3.DatabaseError:
+        return False
+
+
 class ResultsStore:
     """A run directory (see the module docstring).
 
@@ -132,6 +148,14 @@ class ResultsStore:
         if old != self.config:
             atomic_write_text(self.directory / "config.json", json.dumps(self.config, indent=2, sort_keys=True))
         self.db_path = self.directory / "results.db"
+        if self.db_path.exists() and not _readable_sqlite(self.db_path):
+            if not force:
+                self._lock.release()
+                raise InputError(
+                    f"{self.db_path} is damaged (not a readable SQLite database); pass --force to start over, "
+                    "or choose another -o"
+                )
+            self.db_path.unlink()
 
     def close(self) -> None:
         """Release the directory lock."""
