@@ -86,6 +86,12 @@ class Representation(Component, torch.nn.Module):
         frames = [atoms] if single else list(atoms)
         if not frames:
             raise InputError("featurize needs at least one structure")
+        for i, frame in enumerate(frames):
+            if not isinstance(frame, Atoms):
+                raise InputError(
+                    f"featurize takes ase.Atoms or a list of them; item {i} is a {type(frame).__name__} "
+                    "(read files with ase.io.read)"
+                )
         dtype = dtype or torch.float64
         device = torch.device(device) if device is not None else torch.device("cpu")
         groups: dict[tuple[int, ...], list[int]] = {}
