@@ -92,6 +92,8 @@ class Representation(Component, torch.nn.Module):
                     f"featurize takes ase.Atoms or a list of them; item {i} is a {type(frame).__name__} "
                     "(read files with ase.io.read)"
                 )
+            if not (np.isfinite(frame.positions).all() and np.isfinite(frame.cell.array).all()):
+                raise InputError(f"structure {i} has NaN or infinite positions or cell values; fix or drop it")
         dtype = dtype or torch.float64
         device = torch.device(device) if device is not None else torch.device("cpu")
         groups: dict[tuple[int, ...], list[int]] = {}
