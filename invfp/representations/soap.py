@@ -79,6 +79,13 @@ class _SOAPFunction(torch.autograd.Function):
         feats, derivs = [], []
         for b in range(pos.shape[0]):
             atoms = Atoms(numbers=numbers, positions=pos[b], cell=None if cells is None else cells[b], pbc=pbc)
+            if any(pbc):
+                # dscribe's periodic SOAP changes when an atom sits in another periodic image
+                # (found by tests/test_properties.py); a lattice-vector shift leaves the
+                # derivatives unchanged, so wrapping is exact for the backward too.
+                frac = atoms.get_scaled_positions(wrap=False)[:, list(pbc)]
+                if (frac < 0).any() or (frac >= 1).any():
+                    atoms.wrap()
             try:
                 if need_grad:
                     d, c = descriptor.derivatives(atoms, method=rep.params["derivatives"], attach=True)
