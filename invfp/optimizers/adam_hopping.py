@@ -38,17 +38,20 @@ class AdamHopping(Optimizer):
     description = "Batched Adam with basin hopping (Metropolis), restarts and a final refinement."
     parameters = {
         "restarts": Param(32, "Independent random starts per target, optimised together.", check=positive_int),
-        "hops": Param(4, "Perturb-and-reoptimise rounds after the first descent.", check=non_negative_int),
-        "steps": Param(300, "Adam steps per descent (the first and each hop).", check=positive_int),
-        "lr": Param(0.05, "Initial Adam step size (Å); decays by a cosine schedule.", check=positive),
+        "hops": Param(5, "Perturb-and-reoptimise rounds after the first descent.", check=non_negative_int),
+        "steps": Param(200, "Adam steps per descent (the first and each hop).", check=positive_int),
+        "lr": Param(0.1, "Initial Adam step size (Å); decays by a cosine schedule.", check=positive),
         "lr_end": Param(0.05, "Final step size as a fraction of lr.", check=_fraction),
         "loss": Param("mae", "Fingerprint loss: 'mae' (the paper's) or 'mse'.", choices=("mae", "mse")),
-        "tol": Param(1e-4, "A target is done when a member's raw fingerprint MAE falls below this.", check=positive),
+        "tol": Param(5e-4, "A target is done when a member's raw fingerprint MAE falls below this.", check=positive),
         "patience": Param(
             40, "A member leaves the current descent after this many steps without 1% improvement.", check=positive_int
         ),
         "hop_size": Param(0.3, "Standard deviation (Å) of the random displacement of a hop.", check=positive),
-        "noise": Param(0.0, "Random kick per step (Å) at the initial step size, scaled with it.", check=non_negative),
+        "noise": Param(
+            0.03, "Random kick per step (Å) at the start of a descent, cooling to zero with the schedule.",
+            check=non_negative,
+        ),
         "cull": Param(
             0.5, "After each hop, this fraction of each target's members restarts from copies of the best.",
             check=lambda v: None if isinstance(v, (int, float)) and 0 <= v < 1 else "must be in [0, 1)",

@@ -1,0 +1,226 @@
+"""Reconstruction benchmark: the five figures of issue 4.
+
+1. EMT Pt10 (minima and relaxation frames, seeded), fung2022, default settings:
+   fraction recovered to RMSD <= 0.1 Å (up to permutation, rotation and reflection,
+   which max/min-pooled ACSF cannot see).
+2. The released real fingerprints (../shared/data/structrepgen_pt10/fps300_x.csv):
+   distribution of the final MAE (raw features), fraction below 1e-3.
+3. Periodic crystals with known answers (cell given, general ACSF, r_cut 6 Å,
+   periodic=True): RMSD up to translation and permutation.
+4. Speed: wall time per Pt10 structure, amortised over the batch of item 1.
+5. Scaling: time and recovery for Pt clusters of 10, 20, 40 and 80 atoms.
+
+Usage (one torch thread; report the load printed at the top)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_reconstruct.py                 # everything
+    OMP_NUM_THREADS=1 python benchmarks/bench_reconstruct.py --items 1 --n 10
+    OMP_NUM_THREADS=1 python benchmarks/bench_reconstruct.py --items 2 --released 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "structrepgen_pt10"
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
+
+
+def pt10_set(n: int, seed: int) -> list:
+    """n EMT Pt10 structures: per relaxation its minimum and one random intermediate frame."""
+    from invfp.data import make_dataset
+    from invfp.data.datasets import read_frames
+
+    relaxations = (n + 1) // 2
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_dataset(Path(tmp) / "pt10.db", formula="Pt10", relaxations=relaxations, seed=seed, workers=1)
+        frames = read_frames(path)
+    rng = np.random.default_rng(seed)
+    by_relax: dict[int, list] = {}
+    for atoms in frames:
+        by_relax.setdefault(int(atoms.info.get("relaxation", 0)), []).append(atoms)
+    chosen = []
+    for rel in sorted(by_relax):
+        run = sorted(by_relax[rel], key=lambda a: int(a.info.get("step", 0)))
+        chosen.append(run[int(rng.integers(1, len(run) - 1))] if len(run) > 2 else run[0])
+        chosen.append(run[-1])
+    for atoms in chosen:
+        atoms.calc = None
+    return chosen[:n]
+
+
+def recover(frames: list, results: list, periodic: bool = False) -> np.ndarray:
+    from invfp.metrics import rmsd
+
+    return np.array([rmsd(a, r.atoms, allow_reflection=not periodic) for a, r in zip(frames, results, strict=True)])
+
+
+def item1(args: argparse.Namespace, options: dict) -> None:
+    import invfp
+
+    frames = pt10_set(args.n, args.seed)
+    rep = invfp.get_representation("acsf", preset="fung2022")
+    targets = rep.featurize(frames)
+    start = time.perf_counter()
+    results = invfp.reconstruct(targets, numbers="Pt10", cell=20.0, representation=rep, seed=args.seed, **options)
+    elapsed = time.perf_counter() - start
+    dev = recover(frames, results)
+    ok = dev <= 0.1
+    losses = np.array([r.loss for r in results])
+    print(f"[1] EMT Pt10, {len(frames)} structures (minima and relaxation frames), fung2022, options {options}")
+    print(f"    recovered (RMSD <= 0.1 Å): {ok.sum()}/{len(ok)} = {100 * ok.mean():.0f} %"
+          f"  (minima {ok[1::2].sum()}/{len(ok[1::2])}, frames {ok[0::2].sum()}/{len(ok[0::2])})")
+    print(f"    final MAE: median {np.median(losses):.2e}, max {losses.max():.2e}; RMSD of failures: "
+          f"{np.round(np.sort(dev[~ok]), 2).tolist()}")
+    print(f"[4] speed: {elapsed:.1f} s for {len(frames)} = {elapsed / len(frames):.2f} s per structure "
+          f"(1 torch thread; {load()})")
+
+
+def item2(args: argparse.Namespace, options: dict) -> None:
+    import invfp
+
+    path = SHARED / "fps300_x.csv"
+    if not path.is_file():
+        print(f"[2] skipped: {path} not found")
+        return
+    targets = np.loadtxt(path, delimiter=",")[: args.released]
+    rep = invfp.get_representation("acsf", preset="fung2022")
+    start = time.perf_counter()
+    results = invfp.reconstruct(targets, numbers="Pt10", cell=20.0, representation=rep, seed=args.seed, **options)
+    elapsed = time.perf_counter() - start
+    losses = np.array([r.loss for r in results])
+    qs = np.percentile(losses, [5, 25, 50, 75, 95])
+    print(f"[2] released real fingerprints: {len(losses)}; MAE below 1e-3: {100 * np.mean(losses < 1e-3):.0f} %")
+    print(f"    MAE percentiles 5/25/50/75/95: {' '.join(f'{q:.1e}' for q in qs)}; max {losses.max():.1e}; "
+          f"{elapsed / len(losses):.2f} s per fingerprint ({load()})")
+
+
+def crystals() -> dict:
+    from ase import Atoms
+    from ase.build import bulk
+    from ase.spacegroup import crystal
+
+    perovskite = Atoms(
+        "SrTiO3",
+        scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+        cell=[3.905] * 3,
+        pbc=True,
+    )
+    return {
+        "NaCl (rocksalt)": bulk("NaCl", "rocksalt", a=5.64),
+        "CsCl": bulk("CsCl", "cesiumchloride", a=4.12),
+        "ZnO (wurtzite)": bulk("ZnO", "wurtzite", a=3.25, c=5.21),
+        "SrTiO3 (perovskite)": perovskite,
+        "MoS2 (2H, layered)": crystal(
+            ["Mo", "S"], basis=[(1 / 3, 2 / 3, 0.25), (1 / 3, 2 / 3, 0.621)], spacegroup=194,
+            cellpar=[3.16, 3.16, 12.29, 90, 90, 120],
+        ),
+        "CO2 (molecular, Pa-3)": crystal(
+            ["C", "O"], basis=[(0, 0, 0), (0.1185, 0.1185, 0.1185)], spacegroup=205, cellpar=[5.624] * 3 + [90] * 3
+        ),
+    }
+
+
+def crystal_representation(species: list[int]):
+    import invfp
+
+    g2 = [[eta, rs] for eta in (0.5, 1.0, 2.0, 4.0) for rs in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)]
+    g4 = [[eta, z, lam] for eta in (0.005, 0.05, 0.2) for z in (1.0, 2.0, 4.0) for lam in (-1.0, 1.0)]
+    return invfp.get_representation(
+        "acsf", species=species, r_cut=6.0, g2_params=g2, g4_params=g4, periodic=True
+    )
+
+
+def item3(args: argparse.Namespace, options: dict) -> None:
+    import invfp
+
+    print(f"[3] periodic crystals, cell given, ACSF r_cut 6 Å periodic, options {options}")
+    for name, atoms in crystals().items():
+        rep = crystal_representation(sorted(set(atoms.numbers.tolist())))
+        target = rep.featurize(atoms)
+        start = time.perf_counter()
+        (res,) = invfp.reconstruct(
+            target, numbers=atoms.numbers, cell=atoms.cell.array, pbc=True, representation=rep, seed=args.seed,
+            **options,
+        )
+        dev = recover([atoms], [res], periodic=True)[0]
+        print(f"    {name:24s} N={len(atoms):2d}  RMSD {dev:.3f} Å  {'recovered' if dev <= 0.1 else 'NOT recovered'}"
+              f"  MAE {res.loss:.1e}  {time.perf_counter() - start:.1f} s")
+
+
+def cluster_set(n_atoms: int, count: int, seed: int) -> list:
+    """EMT minima of random Pt clusters (starts uniform in a box of the Pt10 recipe's density)."""
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+    from ase.optimize import FIRE
+
+    rng = np.random.default_rng([seed, n_atoms])
+    half = 3.5 * (n_atoms / 10) ** (1 / 3)
+    out = []
+    while len(out) < count:
+        pos = [rng.uniform(-half, half, 3)]
+        while len(pos) < n_atoms:
+            p = rng.uniform(-half, half, 3)
+            if min(np.linalg.norm(np.array(pos) - p, axis=1)) > 2.2:
+                pos.append(p)
+        atoms = Atoms(f"Pt{n_atoms}", positions=np.array(pos) + 15.0, cell=[30.0] * 3)
+        atoms.calc = EMT()
+        FIRE(atoms, logfile=None).run(fmax=0.05, steps=300)
+        atoms.calc = None
+        out.append(atoms)
+    return out
+
+
+def item5(args: argparse.Namespace, options: dict) -> None:
+    import invfp
+
+    rep = invfp.get_representation("acsf", preset="fung2022")
+    print(f"[5] scaling, EMT Pt minima, {args.per_size} per size, fung2022, options {options}")
+    print("    N    recovered  median MAE  s/structure")
+    for n_atoms in args.sizes:
+        frames = cluster_set(n_atoms, args.per_size, args.seed)
+        targets = rep.featurize(frames)
+        start = time.perf_counter()
+        results = invfp.reconstruct(
+            targets, numbers=f"Pt{n_atoms}", cell=30.0, representation=rep, seed=args.seed, **options
+        )
+        elapsed = time.perf_counter() - start
+        ok = recover(frames, results) <= 0.1
+        losses = [r.loss for r in results]
+        print(f"    {n_atoms:<4d} {ok.sum()}/{len(ok):<8d} {np.median(losses):.1e}     {elapsed / len(frames):.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", default="1,2,3,5", help="Which items (4 comes with 1).")
+    parser.add_argument("--n", type=int, default=50, help="Item 1: number of EMT Pt10 structures.")
+    parser.add_argument("--released", type=int, default=300, help="Item 2: number of released fingerprints.")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 20, 40, 80], help="Item 5: cluster sizes.")
+    parser.add_argument("--per-size", type=int, default=5, help="Item 5: structures per size.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--options", default="{}", help="Optimizer options as JSON (default: the defaults).")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    options = json.loads(args.options)
+    print(f"bench_reconstruct: torch {torch.__version__}, 1 thread; {load()}")
+    items = {int(i) for i in args.items.split(",")}
+    for number, fn in ((1, item1), (2, item2), (3, item3), (5, item5)):
+        if number in items or (number == 1 and 4 in items):
+            fn(args, options)
+
+
+if __name__ == "__main__":
+    main()
