@@ -369,6 +369,11 @@ def load_bundle(
         sur_path = path / str(meta["surrogate"]["path"])
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ModelLoadError(f"{path}/{BUNDLE_FILE} is incomplete ({type(exc).__name__}: {exc}); train it again") from exc
+    for part in (gen_path, sur_path):
+        if part.parent != path:  # a bundle loads only its own sub-directories, never "../elsewhere"
+            raise ModelLoadError(
+                f"{path}/{BUNDLE_FILE} points outside the bundle ({part.name!r} in {part.parent}); train it again"
+            )
     if representation_config is not None and _normalise(dict(representation_config)) != rep:
         want = _normalise(dict(representation_config))
         diff = sorted(k for k in set(want) | set(rep) if want.get(k) != rep.get(k))
