@@ -59,10 +59,12 @@ def pt10_set(n: int, seed: int) -> list:
     return chosen[:n]
 
 
-def recover(frames: list, results: list, periodic: bool = False) -> np.ndarray:
+def recover(frames: list, results: list) -> np.ndarray:
     from invfp.metrics import rmsd
 
-    return np.array([rmsd(a, r.atoms, allow_reflection=not periodic) for a, r in zip(frames, results, strict=True)])
+    # ACSF cannot see mirror images: a mirror image (for cells: one mapping the lattice
+    # onto itself) counts as recovered.
+    return np.array([rmsd(a, r.atoms, allow_reflection=True) for a, r in zip(frames, results, strict=True)])
 
 
 def item1(args: argparse.Namespace, options: dict) -> None:
@@ -144,6 +146,8 @@ def crystal_representation(species: list[int]):
 def item3(args: argparse.Namespace, options: dict) -> None:
     import invfp
 
+    # A single target per crystal: fewer restarts keep the periodic ACSF's cost modest.
+    options = {"restarts": 8, **options}
     print(f"[3] periodic crystals, cell given, ACSF r_cut 6 Å periodic, options {options}")
     for name, atoms in crystals().items():
         rep = crystal_representation(sorted(set(atoms.numbers.tolist())))
@@ -153,7 +157,7 @@ def item3(args: argparse.Namespace, options: dict) -> None:
             target, numbers=atoms.numbers, cell=atoms.cell.array, pbc=True, representation=rep, seed=args.seed,
             **options,
         )
-        dev = recover([atoms], [res], periodic=True)[0]
+        dev = recover([atoms], [res])[0]
         print(f"    {name:24s} N={len(atoms):2d}  RMSD {dev:.3f} Å  {'recovered' if dev <= 0.1 else 'NOT recovered'}"
               f"  MAE {res.loss:.1e}  {time.perf_counter() - start:.1f} s")
 

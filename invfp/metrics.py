@@ -4,7 +4,8 @@
 order of same-element atoms and a rigid motion (rotation and translation for
 clusters; translation under the minimum image convention for periodic cells).
 Assignment and alignment depend on each other, so both are iterated until stable,
-starting from several initial orientations (or translations), and the best is kept.
+starting from several initial orientations (for cells: translations and the lattice's
+own point operations), and the best is kept.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ def rmsd(
         a: the reference structure (``ase.Atoms``, or positions ``[N, 3]`` of one element).
         b: the structure to compare; same composition as ``a``.
         allow_reflection: also allow improper rotations (mirror images count as equal).
-            Ignored for periodic comparisons, which never rotate.
-        periodic: compare under the minimum image convention with translations only,
-            along ``a.pbc`` in ``a.cell`` (``b`` must have the same cell). Default:
-            periodic when ``a`` has any periodic direction.
+        periodic: compare under the minimum image convention along ``a.pbc`` in
+            ``a.cell`` (``b`` must have the same cell): translations, plus (fully
+            periodic cells) the point operations that map the lattice onto itself, which
+            a fingerprint cannot tell apart; improper ones only with
+            ``allow_reflection``. Default: periodic when ``a`` has any periodic direction.
 
     Returns:
         The smallest RMSD found over same-element permutations and rigid motions.
@@ -64,7 +66,14 @@ def rmsd(
             raise InputError("a periodic rmsd needs a structure with a cell and periodic directions")
         if cell_b is not None and not np.allclose(cell, cell_b, atol=1e-6):
             raise InputError("periodic rmsd compares structures in the same cell; the cells differ")
-        return _rmsd_periodic(pos_a, pos_b, groups, cell, pbc)
+        ops = _lattice_operations(cell, allow_reflection) if pbc.all() else [np.eye(3)]
+        origin = pos_b.mean(0)
+        best = np.inf
+        for op in ops:
+            best = min(best, _rmsd_periodic(pos_a, (pos_b - origin) @ op.T + origin, groups, cell, pbc))
+            if best < 1e-10:
+                break
+        return best
     return _rmsd_cluster(pos_a, pos_b, groups, allow_reflection)
 
 
@@ -198,6 +207,30 @@ def _min_image(diff: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarra
     cands = wrapped[..., None, :] + shifts @ cell  # [..., S, 3]
     best = np.argmin((cands**2).sum(-1), axis=-1)
     return np.take_along_axis(cands, best[..., None, None], axis=-2)[..., 0, :]
+
+
+def _lattice_operations(cell: np.ndarray, allow_reflection: bool) -> list[np.ndarray]:
+    """Cartesian point operations that map the lattice onto itself (its point group).
+
+    In fractional coordinates an operation is an integer matrix ``W`` with
+    ``W^T G W = G`` for the metric ``G = C C^T``; candidates have entries in {-1, 0, 1},
+    which covers the point group of a reduced cell.
+    """
+    metric = cell @ cell.T
+    cands = np.array(list(itertools.product((-1, 0, 1), repeat=9)), dtype=float).reshape(-1, 3, 3)
+    dets = np.linalg.det(cands)
+    cands = cands[np.isclose(np.abs(dets), 1.0)]
+    lhs = np.einsum("kji,jl,klm->kim", cands, metric, cands)
+    keep = np.all(np.abs(lhs - metric) < 1e-6 * max(1.0, float(np.abs(metric).max())), axis=(1, 2))
+    inv = np.linalg.inv(cell)
+    ops = []
+    for w in cands[keep]:
+        rot = (inv @ w.T @ cell).T  # x' = x C^-1 W^T C, written as x' = x @ rot.T
+        if allow_reflection or np.linalg.det(rot) > 0:
+            ops.append(rot)
+    # The identity first: the common case (no symmetry needed) is found at once.
+    ops.sort(key=lambda r: float(np.abs(r - np.eye(3)).sum()))
+    return ops
 
 
 def _rmsd_periodic(a: np.ndarray, b: np.ndarray, groups, cell: np.ndarray, pbc: np.ndarray) -> float:

@@ -101,3 +101,19 @@ def test_fingerprint_distance_values():
         fingerprint_distance(r1, r2, kind="l7")
     with pytest.raises(InputError):
         fingerprint_distance(r1, np.ones(3))
+
+
+def test_periodic_lattice_symmetry_and_inversion():
+    from ase.build import bulk as build
+
+    a = build("ZnO", "wurtzite", a=3.25, c=5.21)
+    # A 60-degree rotation about c maps the hexagonal lattice onto itself: the same crystal.
+    rot = Rotation.from_euler("z", 60, degrees=True).as_matrix()
+    b = a.copy()
+    b.positions = a.positions @ rot.T + [0.4, 0.1, 0.7]
+    b.wrap()
+    assert rmsd(a, b) == pytest.approx(0.0, abs=1e-8)
+    # A shear is no lattice operation: it stays visible.
+    sheared = a.copy()
+    sheared.positions[:, 0] += 0.1 * a.positions[:, 2]
+    assert rmsd(a, sheared) > 0.05
