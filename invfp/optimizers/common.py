@@ -23,17 +23,18 @@ class Objective:
         min_distance: overlap threshold as a fraction of the sum of covalent radii
             (0 disables the penalty).
         penalty: weight of the overlap penalty.
-        chunk: at most this many members per representation call (bounds memory).
+        chunk: at most this many members per representation call (bounds memory);
+            ``None``: about 2e7 / N^3 (angular terms grow as N^3 per member).
     """
 
     def __init__(
-        self, problem: ReconstructionProblem, loss: str, min_distance: float, penalty: float, chunk: int
+        self, problem: ReconstructionProblem, loss: str, min_distance: float, penalty: float, chunk: int | None
     ) -> None:
         self.problem = problem
         self.loss = loss
         self.min_distance = min_distance
         self.penalty = penalty
-        self.chunk = chunk
+        self.chunk = chunk or max(1, 20_000_000 // problem.n_atoms**3)
 
     def _values(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         err = self.problem.errors(x, target)

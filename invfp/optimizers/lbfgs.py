@@ -43,7 +43,10 @@ class LBFGS(Optimizer):
             "Clusters start in a sphere holding the covalent spheres at this volume fraction.",
             check=lambda v: None if isinstance(v, (int, float)) and 0 < v <= 1 else "must be in (0, 1]",
         ),
-        "chunk": Param(2048, "At most this many members per representation call.", check=positive_int),
+        "chunk": Param(
+            None, "At most this many members per representation call (default: by system size).",
+            check=positive_int,
+        ),
     }
 
     def run(
