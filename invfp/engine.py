@@ -220,7 +220,7 @@ class Pipeline:
         self.dtype = dtype
 
     # -- pieces ----------------------------------------------------------------------
-    def reconstruct(self, fingerprints: np.ndarray, *, seed: int) -> list[Any]:
+    def reconstruct(self, fingerprints: np.ndarray, *, seed: int, progress: bool = False) -> list[Any]:
         """Reconstruct ``fingerprints`` ``[B, D]`` with the pipeline's optimizer and settings."""
         from invfp.reconstruction import reconstruct
 
@@ -235,12 +235,18 @@ class Pipeline:
             device=self.device,
             dtype=self.dtype,
             feature_scale=self.feature_scale,
-            progress=False,
+            progress=progress,
             **self.optimizer_options,
         )
 
     def calibrate(
-        self, fingerprints: np.ndarray, *, seed: int = 0, quantile: float = 0.9, factor: float = 2.0
+        self,
+        fingerprints: np.ndarray,
+        *,
+        seed: int = 0,
+        quantile: float = 0.9,
+        factor: float = 2.0,
+        progress: bool = False,
     ) -> dict[str, Any]:
         """Derive the default loss threshold from fingerprints of real training structures.
 
@@ -256,7 +262,7 @@ class Pipeline:
             raise InputError(f"calibration needs fingerprints [B, D] of training structures, got shape {arr.shape}")
         if not (0 < quantile <= 1) or not factor > 0:
             raise ConfigError(f"calibration needs 0 < quantile <= 1 and factor > 0, got {quantile}, {factor}")
-        losses = [float(r.loss) for r in self.reconstruct(arr, seed=seed)]
+        losses = [float(r.loss) for r in self.reconstruct(arr, seed=seed, progress=progress)]
         threshold = float(factor * np.quantile(losses, quantile))
         self.loss_threshold = threshold
         return {"threshold": threshold, "losses": losses, "quantile": quantile, "factor": factor, "n": len(losses)}

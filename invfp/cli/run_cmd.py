@@ -248,7 +248,9 @@ def run(
             if calibration is None:
                 count = min(settings["calibrate"], size)
                 pick = np.random.default_rng(seed).choice(size, count, replace=False)
-                calibration = pipe.calibrate(R_train[np.sort(pick)], seed=seed, quantile=0.9, factor=2.0)
+                calibration = pipe.calibrate(
+                    R_train[np.sort(pick)], seed=seed, quantile=0.9, factor=2.0, progress=True
+                )
                 store.write_json("calibration.json", calibration)
             pipe.loss_threshold = float(calibration["threshold"])
             threshold_note = (
