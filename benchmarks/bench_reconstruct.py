@@ -82,8 +82,11 @@ def item1(args: argparse.Namespace, options: dict) -> None:
     print(f"[1] EMT Pt10, {len(frames)} structures (minima and relaxation frames), fung2022, options {options}")
     print(f"    recovered (RMSD <= 0.1 Å): {ok.sum()}/{len(ok)} = {100 * ok.mean():.0f} %"
           f"  (minima {ok[1::2].sum()}/{len(ok[1::2])}, frames {ok[0::2].sum()}/{len(ok[0::2])})")
-    print(f"    final MAE: median {np.median(losses):.2e}, max {losses.max():.2e}; RMSD of failures: "
-          f"{np.round(np.sort(dev[~ok]), 2).tolist()}")
+    print(f"    final MAE: median {np.median(losses):.2e}, max {losses.max():.2e}; failures (RMSD Å, MAE): "
+          f"{[(round(float(d), 2), float(f'{m:.1e}')) for d, m in sorted(zip(dev[~ok], losses[~ok], strict=True))]}")
+    # A low loss far from the truth would be a degenerate fingerprint (Pozdnyakov et al. 2020).
+    degenerate = (~ok) & (losses < 1e-3)
+    print(f"    degenerate candidates (MAE < 1e-3 but RMSD > 0.1 Å): {int(degenerate.sum())}")
     print(f"[4] speed: {elapsed:.1f} s for {len(frames)} = {elapsed / len(frames):.2f} s per structure "
           f"(1 torch thread; {load()})")
 
