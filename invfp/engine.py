@@ -14,7 +14,9 @@ measure). :meth:`Pipeline.run` works through targets × samples in chunks::
 Each chunk (one target, ``chunk_size`` consecutive samples) draws its samples and its
 reconstruction starts from seeds derived from (seed, target index, chunk index) only,
 and is committed in one transaction; a rerun after an interruption skips the
-committed chunks and recomputes the missing ones identically.
+committed chunks and recomputes the missing ones identically (on the same machine and
+code: a resume elsewhere, or on CUDA where scatter-adds are not bitwise reproducible,
+adds the missing rows with possibly different last digits, never duplicates or gaps).
 
 Where chunks are computed is an :class:`~invfp.executors.Executor` (``run(...,
 executor=)``): in this process by default, or on a Dask cluster; either way results
