@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 # Must happen before invfp loads plugins: external auto-loading is off in tests.
 os.environ["INVFP_LOAD_PLUGINS"] = ""
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# No test reads or writes the user's cache (a warm ~/.cache/invfp would hide a cold-start bug).
+os.environ["INVFP_CACHE_DIR"] = tempfile.mkdtemp(prefix="invfp-test-cache-")
 
 REPO = Path(__file__).resolve().parent
 SHARED_DATA = REPO.parent / "shared" / "data" / "structrepgen_pt10"
