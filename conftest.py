@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,6 +15,7 @@ os.environ["INVFP_LOAD_PLUGINS"] = ""
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # No test reads or writes the user's cache (a warm ~/.cache/invfp would hide a cold-start bug).
 os.environ["INVFP_CACHE_DIR"] = tempfile.mkdtemp(prefix="invfp-test-cache-")
+atexit.register(shutil.rmtree, os.environ["INVFP_CACHE_DIR"], ignore_errors=True)
 
 REPO = Path(__file__).resolve().parent
 SHARED_DATA = REPO.parent / "shared" / "data" / "structrepgen_pt10"
