@@ -53,6 +53,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--surrogate-dir", default=None,
+                        help="load the surrogate from this directory if it holds one, else train it and save it there")
+    parser.add_argument("--cvae-params", default="{}",
+                        help='extra cVAE parameters as JSON, e.g. \'{"beta": 0.5}\'')
+    parser.add_argument("--temperature", type=float, default=None, help="cVAE sampling temperature (default: the model's)")
     args = parser.parse_args()
 
     import torch
@@ -76,8 +81,14 @@ def main() -> None:
           f"D = {R.shape[1]}; test split {test.size}; featurized in {time.perf_counter() - t0:.0f} s")
 
     t = time.perf_counter()
-    sur = Surrogate(epochs=args.surrogate_epochs, test_fraction=0.0)
-    sur.fit(R[pool], y[pool], seed=args.seed, progress=True, device=args.device)
+    if args.surrogate_dir and os.path.exists(os.path.join(args.surrogate_dir, "config.json")):
+        # only valid for the same data size, seed and test fraction it was trained with
+        sur = Surrogate.load(args.surrogate_dir, device=args.device)
+    else:
+        sur = Surrogate(epochs=args.surrogate_epochs, test_fraction=0.0)
+        sur.fit(R[pool], y[pool], seed=args.seed, progress=True, device=args.device)
+        if args.surrogate_dir:
+            sur.save(args.surrogate_dir)
     test_err = sur.predict(R[test]) - y[test]
     sur_mae = float(np.abs(test_err).mean())
     mean_mae = float(np.abs(y[test] - y[pool].mean()).mean())
@@ -92,11 +103,12 @@ def main() -> None:
         n_used = min(n, pool.size)
         idx = pool[furthest_point_sampling(R[pool], n_used, seed=args.seed)] if n_used < pool.size else pool
         t = time.perf_counter()
-        model = CVAE(epochs=args.epochs)
+        model = CVAE(epochs=args.epochs, **json.loads(args.cvae_params))
         rep = model.fit(R[idx], y[idx], seed=args.seed, progress=True, device=args.device)
         rows = []
         for k, target in enumerate(targets):
-            pred = sur.predict(model.sample(float(target), args.samples, seed=args.seed + k))
+            kw = {} if args.temperature is None else {"temperature": args.temperature}
+            pred = sur.predict(model.sample(float(target), args.samples, seed=args.seed + k, **kw))
             err = np.abs(pred - target)
             rows.append((float(err.mean()), float(100 * (err <= args.delta).mean())))
         results[n] = rows

@@ -85,6 +85,53 @@ def test_save_load_gives_identical_samples_and_predictions(fitted, tmp_path):
     assert isinstance(io.load_model(tmp_path / "g"), CVAE)  # kind resolved through the registry
 
 
+def test_cvae_saved_before_the_new_parameters_loads_with_the_old_behaviour(fitted, tmp_path):
+    cvae, *_ = fitted
+    cvae.save(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    for key in ("balance", "condition", "temperature"):
+        del config["params"][key]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    old = CVAE.load(tmp_path / "old")
+    assert (old.params["balance"], old.params["condition"], old.params["temperature"]) == (0.0, "input", 1.0)
+    np.testing.assert_array_equal(old.sample(2.0, 20, seed=3), cvae.sample(2.0, 20, seed=3))
+
+
+def test_cvae_temperature_scales_the_latent_noise(fitted):
+    cvae, *_ = fitted
+    np.testing.assert_array_equal(cvae.sample(2.0, 30, seed=4, temperature=1.0), cvae.sample(2.0, 30, seed=4))
+    cold = cvae.sample(2.0, 300, seed=4, temperature=1e-6)
+    # at temperature -> 0 every sample is the decoding of z = 0
+    assert np.ptp(cold, axis=0).max() < 1e-3 * np.ptp(cvae.sample(2.0, 300, seed=4), axis=0).max()
+    half = cvae.sample(2.0, 300, seed=4, temperature=0.5)
+    assert np.ptp(half, axis=0).max() < np.ptp(cvae.sample(2.0, 300, seed=4), axis=0).max()
+    with pytest.raises(InputError, match="temperature"):
+        cvae.sample(2.0, 3, temperature=0)
+
+
+def test_balanced_weights_make_the_bins_equally_likely():
+    from invfp.models.training import balanced_weights
+
+    y = np.r_[np.zeros(90), np.ones(10)]
+    w = balanced_weights(y, 1.0, bins=2)
+    assert w.sum() == pytest.approx(1) and w[:90].sum() == pytest.approx(0.5)
+    w = balanced_weights(y, 0.5, bins=2)
+    assert w[:90].sum() / w[90:].sum() == pytest.approx(3.0)  # 90^0.5 / 10^0.5
+    np.testing.assert_allclose(balanced_weights(y, 0.0), np.full(100, 0.01))
+
+
+def test_cvae_balanced_and_all_layer_conditioning_train_and_round_trip(data, fitted, tmp_path):
+    R, y = data
+    _, _, sur, _ = fitted
+    cvae = CVAE(**FAST_CVAE, balance=1.0, condition="all")
+    report = cvae.fit(R, y, seed=0)
+    assert report["best_val_loss"] < 0.5 * report["history"]["val_loss"][0]
+    high = sur.predict(cvae.sample(2.5, 400, seed=0))
+    assert abs(np.median(high) - 2.5) < 0.3
+    cvae.save(tmp_path / "c")
+    np.testing.assert_array_equal(CVAE.load(tmp_path / "c").sample(2.0, 20, seed=1), cvae.sample(2.0, 20, seed=1))
+
+
 def _rewrite_weights(directory: Path, tensors: dict) -> None:
     """Replace the weights and fix the checksum, as a deliberate tamperer would."""
     from safetensors.torch import save_file

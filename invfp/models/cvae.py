@@ -28,6 +28,7 @@ from invfp.models.network import ScaledNetworkModel
 from invfp.models.scaling import METHODS
 from invfp.models.training import (
     ACTIVATIONS,
+    balanced_weights,
     check_training_data,
     fraction,
     mlp,
@@ -38,18 +39,42 @@ from invfp.models.training import (
 from invfp.utils import make_generator
 
 
+class _ConditionedMLP(torch.nn.Module):
+    """An MLP whose every layer sees the condition ``y`` beside its input (``condition="all"``)."""
+
+    def __init__(self, n_in: int, hidden: int, layers: int, n_out: int, activation: str) -> None:
+        super().__init__()
+        widths = [n_in] + [hidden] * layers
+        self.hidden = torch.nn.ModuleList(torch.nn.Linear(w + 1, hidden) for w in widths[:-1])
+        self.out = torch.nn.Linear(widths[-1] + 1, n_out)
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for layer in self.hidden:
+            h = self.act(layer(torch.cat([h, y], dim=1)))
+        return self.out(torch.cat([h, y], dim=1))
+
+
 class _CVAENet(torch.nn.Module):
-    def __init__(self, dim: int, hidden: int, layers: int, latent: int, activation: str) -> None:
+    def __init__(
+        self, dim: int, hidden: int, layers: int, latent: int, activation: str, condition: str = "input"
+    ) -> None:
         super().__init__()
         self.latent = latent
+        self.condition = condition
         self.encoder = mlp(dim + 1, hidden, layers, 2 * latent, activation)
-        self.decoder = mlp(latent + 1, hidden, layers, dim, activation)
+        if condition == "all":
+            self.decoder: torch.nn.Module = _ConditionedMLP(latent, hidden, layers, dim, activation)
+        else:
+            self.decoder = mlp(latent + 1, hidden, layers, dim, activation)
 
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, log_var = self.encoder(torch.cat([x, y], dim=1)).chunk(2, dim=1)
         return mu, log_var
 
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.condition == "all":
+            return self.decoder(z, y)
         return self.decoder(torch.cat([z, y], dim=1))
 
 
@@ -73,10 +98,20 @@ class CVAE(ScaledNetworkModel, GenerativeModel):
         "patience": Param(None, "Stop after this many epochs without a better validation loss (None: never).",
                           check=positive_int),
         "weight_decay": Param(0.0, "Adam weight decay.", check=non_negative),
+        "balance": Param(
+            0.0, "Property-balanced minibatches: examples drawn with weight (density of y)^-balance "
+            "(0: plain shuffling, the paper's; 1: flat in y).", check=non_negative,
+        ),
+        "condition": Param("input", "Where the decoder sees y: 'input' (the paper's) or 'all' hidden layers.",
+                           choices=("input", "all")),
+        "temperature": Param(1.0, "Default sampling temperature: z ~ N(0, temperature^2 I).", check=positive),
         "scaling": Param("minmax", "Per-feature scaling fitted on the training data.", choices=METHODS),
         "activation": Param("elu", "Hidden-layer activation.", choices=tuple(ACTIVATIONS)),
         "dtype": Param("float32", "Floating-point type of the network.", choices=("float32", "float64")),
     }
+
+    # models saved before these parameters existed were trained and sample this way
+    legacy_params = {"balance": 0.0, "condition": "input", "temperature": 1.0}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -84,7 +119,9 @@ class CVAE(ScaledNetworkModel, GenerativeModel):
 
     def _build(self, dim: int, seed: int | None) -> _CVAENet:
         p = self.params
-        net = seeded_init(seed, lambda: _CVAENet(dim, p["hidden"], p["layers"], p["latent"], p["activation"]))
+        net = seeded_init(
+            seed, lambda: _CVAENet(dim, p["hidden"], p["layers"], p["latent"], p["activation"], p["condition"])
+        )
         return net.to(device=self.device, dtype=self.dtype)  # type: ignore[return-value]
 
     def _loss(self, net: torch.nn.Module, batch: Any, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -129,6 +166,7 @@ class CVAE(ScaledNetworkModel, GenerativeModel):
             self.net, self._loss, train_data, val_data,
             epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], seed=seed,
             patience=p["patience"], weight_decay=p["weight_decay"], progress=progress, description="cvae",
+            sample_weights=balanced_weights(y[train_idx], p["balance"]) if p["balance"] > 0 else None,
         )
         self.net.load_state_dict(result.best_state)
         self.net.eval()
@@ -144,19 +182,28 @@ class CVAE(ScaledNetworkModel, GenerativeModel):
         self.training_summary = {k: v for k, v in report.items() if k != "history"}
         return report
 
-    def sample(self, y_target: float, n: int, *, seed: int | None = None) -> np.ndarray:
+    def sample(
+        self, y_target: float, n: int, *, seed: int | None = None, temperature: float | None = None
+    ) -> np.ndarray:
         """``n`` raw-scale fingerprints ``[n, D]`` (float64) for the property ``y_target``.
 
         The latent noise is drawn on the CPU from ``seed``, so a seed gives the same
         samples on every run (and, to float precision, on every device). Warns with
         :class:`~invfp.models.base.TargetOutOfRangeWarning` outside the training range.
+
+        Args:
+            temperature: z ~ N(0, temperature^2 I); below 1 trades diversity for
+                samples closer to the target (``None``: the ``temperature`` parameter).
         """
         net = self._require_fitted()
         value = check_target(y_target, self.y_range)
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise InputError(f"number of samples must be an integer >= 1, got {n!r}")
+        temp = self.params["temperature"] if temperature is None else temperature
+        if positive(temp) is not None:
+            raise InputError(f"temperature must be a number > 0, got {temp!r}")
         gen = make_generator(seed, "cpu")
-        z = torch.randn((int(n), net.latent), generator=gen, dtype=self.dtype)
+        z = torch.randn((int(n), net.latent), generator=gen, dtype=self.dtype) * float(temp)
         y_scaled = float(self.y_scaler.transform(value))  # type: ignore[union-attr]
         out = []
         with torch.no_grad():

@@ -37,6 +37,9 @@ class ScaledNetworkModel:
 
     name: ClassVar[str]
     params: dict[str, Any]
+    legacy_params: ClassVar[dict[str, Any]] = {}
+    """Values for parameters added after a model was saved: :meth:`load` fills in
+    these (not the current defaults) where an older ``config.json`` lacks them."""
 
     def _init_state(self) -> None:
         self.net: torch.nn.Module | None = None
@@ -118,7 +121,7 @@ class ScaledNetworkModel:
         """
         config, tensors = io.load_model_dir(directory, kind=cls.name)
         try:
-            model = cls(**config["params"])
+            model = cls(**{**cls.legacy_params, **config["params"]})
             model.dimension = int(config["dimension"])
             model.scaler = FeatureScaler.from_dict(config["scaler"])
             model.y_scaler = PropertyScaler.from_dict(config["y_scaler"])

@@ -163,6 +163,7 @@ def train(
     weight_decay: float = 0.0,
     progress: bool = False,
     description: str = "train",
+    sample_weights: np.ndarray | None = None,
 ) -> TrainResult:
     """Mini-batch Adam with the best checkpoint by validation loss.
 
@@ -182,6 +183,9 @@ def train(
         weight_decay: Adam weight decay.
         progress: show a progress bar with the latest losses.
         description: the bar's label.
+        sample_weights: per-example weights ``[n]``; each epoch then draws ``n``
+            examples with replacement in proportion to them (e.g.
+            :func:`balanced_weights`) instead of a plain shuffle.
     """
     device = train_data[0].device
     seed = int(np.random.default_rng(seed).integers(2**31)) if seed is None else int(seed)
@@ -189,13 +193,21 @@ def train(
     noise = make_generator(seed + 1, device)
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     n = train_data[0].shape[0]
+    weights = None
+    if sample_weights is not None:
+        weights = torch.as_tensor(np.asarray(sample_weights, dtype=np.float64))
+        if weights.shape != (n,) or not bool(torch.all(weights >= 0)) or not float(weights.sum()) > 0:
+            raise InputError(f"sample_weights must be {n} non-negative numbers, not all zero")
     history: dict[str, list[float]] = {}
     best_val, best_epoch, best_state, best = math.inf, 0, copy.deepcopy(net.state_dict()), {}
     epoch = 0
     with _loss_bar(epochs, description, progress) as step:
         for epoch in range(1, epochs + 1):
             net.train()
-            order = torch.randperm(n, generator=shuffle).to(device)
+            if weights is None:
+                order = torch.randperm(n, generator=shuffle).to(device)
+            else:
+                order = torch.multinomial(weights, n, replacement=True, generator=shuffle).to(device)
             sums: dict[str, float] = {}
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
@@ -230,6 +242,20 @@ def train(
         history=history,
         stopped_early=epoch < epochs,
     )
+
+
+def balanced_weights(y: np.ndarray, power: float = 1.0, bins: int = 20) -> np.ndarray:
+    """Per-example weights ``density(y)^-power`` from a ``bins``-bin histogram of ``y``.
+
+    ``power = 1`` makes every occupied bin equally likely (flat in ``y``); ``0`` gives
+    equal weights. Used for property-balanced minibatches when ``y`` is skewed.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    edges = np.linspace(y.min(), y.max(), bins + 1)
+    which = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, bins - 1)
+    counts = np.bincount(which, minlength=bins).astype(np.float64)
+    w = counts[which] ** -float(power)
+    return w / w.sum()
 
 
 ACTIVATIONS: dict[str, Callable[[], torch.nn.Module]] = {
