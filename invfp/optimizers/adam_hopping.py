@@ -1,6 +1,9 @@
 """Batched Adam with basin hopping: the paper's Algorithm 1, every target × restart at once.
 
 All ``B`` targets × ``restarts`` independent starts form one tensor ``[B*restarts, N, 3]``.
+For clusters the starts are first screened: ``screen × restarts`` random starts per
+target get a short descent and only the best ``restarts`` go on (per-start success is a
+few per cent, so cheap ranking beats spending the full schedule on every start).
 Each hop runs Adam (cosine step-size schedule) on the fingerprint objective; a member
 leaves the active set as soon as it plateaus (for the rest of the hop) or its target is
 reached (for good), and the active tensors are compacted so finished members cost
@@ -37,7 +40,16 @@ class AdamHopping(Optimizer):
     name = "adam-hopping"
     description = "Batched Adam with basin hopping (Metropolis), restarts and a final refinement."
     parameters = {
-        "restarts": Param(32, "Independent random starts per target, optimised together.", check=positive_int),
+        "restarts": Param(
+            12, "Members per target optimised together (the best of `screen` starts when screening).",
+            check=positive_int,
+        ),
+        "screen": Param(
+            None, "Screen restarts × this many random starts per target with a short descent and keep the best "
+            "`restarts` (0 or 1: no screening; default 20 for clusters, 0 for periodic cells, whose "
+            "fingerprints cost far more per evaluation).", check=non_negative_int,
+        ),
+        "screen_steps": Param(40, "Adam steps of the screening descent.", check=positive_int),
         "hops": Param(5, "Perturb-and-reoptimise rounds after the first descent.", check=non_negative_int),
         "steps": Param(200, "Adam steps per descent (the first and each hop).", check=positive_int),
         "lr": Param(0.1, "Initial Adam step size (Å); decays by a cosine schedule.", check=positive),
@@ -93,7 +105,12 @@ class AdamHopping(Optimizer):
         objective = Objective(problem, p["loss"], p["min_distance"], p["penalty"], p["chunk"])
         target_of = torch.arange(n_targets, device=dev).repeat_interleave(restarts)
 
-        x_cur = problem.random_positions(members, generator, packing=p["packing"])
+        screen_used = torch.zeros(n_targets, dtype=torch.long, device=dev)
+        screen = p["screen"] if p["screen"] is not None else (0 if problem.periodic else 20)
+        if screen > 1:
+            x_cur, screen_used = self._screen(objective, problem, n_targets, restarts, screen, generator)
+        else:
+            x_cur = problem.random_positions(members, generator, packing=p["packing"])
         f_cur = torch.full((members,), math.inf, device=dev, dtype=dt)
         x_best = x_cur.clone()
         f_best = torch.full((members,), math.inf, device=dev, dtype=dt)
@@ -169,8 +186,35 @@ class AdamHopping(Optimizer):
         if left:
             advance(left)
         restart_losses = raw_best.view(n_targets, restarts).cpu().tolist()
-        per_target = steps.view(n_targets, restarts).sum(1).cpu().tolist()
+        per_target = (steps.view(n_targets, restarts).sum(1) + screen_used).cpu().tolist()
         return problem.finish(x_final.detach(), restart_losses, per_target, clock())
+
+    def _screen(
+        self,
+        objective: Objective,
+        problem: ReconstructionProblem,
+        n_targets: int,
+        restarts: int,
+        factor: int,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Short descent from ``screen × restarts`` random starts per target; the best ``restarts`` of each.
+
+        Most random starts fall into basins the hops never leave; a short descent is
+        enough to rank them, so the full schedule is spent on the promising ones.
+        Returns the kept positions ``[n_targets*restarts, N, 3]`` and the steps used per target.
+        """
+        p = self.params
+        screen, n_steps, dev = factor * restarts, p["screen_steps"], problem.device
+        x0 = problem.random_positions(n_targets * screen, generator, packing=p["packing"])
+        target_of = torch.arange(n_targets, device=dev).repeat_interleave(screen)
+        x_end, f_end, _, used = self._descend(
+            objective, x0, target_of, n_steps, p["lr"], p["lr"] * p["lr_end"],
+            generator=generator, noise=p["noise"], patience=n_steps,
+        )
+        order = torch.argsort(f_end.view(n_targets, screen), dim=1, stable=True)[:, :restarts]
+        pick = (torch.arange(n_targets, device=dev)[:, None] * screen + order).reshape(-1)
+        return x_end[pick], used.view(n_targets, screen).sum(1)
 
     def _descend(
         self,
