@@ -71,6 +71,13 @@ def non_negative_int(value: Any) -> str | None:
     return None
 
 
+def fraction(value: Any) -> str | None:
+    """Check: a number in (0, 1]."""
+    if not _is_number(value) or not 0 < value <= 1:
+        return "must be a number in (0, 1]"
+    return None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

@@ -19,19 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from invfp.components import Param, non_negative, non_negative_int, positive, positive_int
+from invfp.components import Param, fraction, non_negative, non_negative_int, positive, positive_int
 from invfp.optimizers.base import Optimizer
-from invfp.optimizers.common import Objective, cosine, nan_safe
+from invfp.optimizers.common import STRUCTURE_PARAMETERS, Objective, cosine, nan_safe
 from invfp.reconstruction import timer
 
 if TYPE_CHECKING:
     from invfp.reconstruction import ReconstructionProblem, ReconstructionResult
-
-
-def _fraction(value: Any) -> str | None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
-        return "must be a number in (0, 1]"
-    return None
 
 
 class AdamHopping(Optimizer):
@@ -53,7 +47,7 @@ class AdamHopping(Optimizer):
         "hops": Param(5, "Perturb-and-reoptimise rounds after the first descent.", check=non_negative_int),
         "steps": Param(200, "Adam steps per descent (the first and each hop).", check=positive_int),
         "lr": Param(0.1, "Initial Adam step size (Å); decays by a cosine schedule.", check=positive),
-        "lr_end": Param(0.05, "Final step size as a fraction of lr.", check=_fraction),
+        "lr_end": Param(0.05, "Final step size as a fraction of lr.", check=fraction),
         "loss": Param("mae", "Fingerprint loss: 'mae' (the paper's) or 'mse'.", choices=("mae", "mse")),
         "tol": Param(5e-4, "A target is done when a member's raw fingerprint MAE falls below this.", check=positive),
         "patience": Param(
@@ -72,19 +66,9 @@ class AdamHopping(Optimizer):
             0.5, "Metropolis temperature on the natural log of the objective (0: only improvements).",
             check=non_negative,
         ),
-        "min_distance": Param(
-            0.6, "Overlap penalty below this fraction of the sum of covalent radii (0: off).", check=non_negative
-        ),
-        "penalty": Param(1.0, "Weight of the overlap penalty.", check=non_negative),
         "refine_steps": Param(300, "Adam steps refining the best member of each target.", check=non_negative_int),
         "refine_lr": Param(0.01, "Initial step size (Å) of the refinement.", check=positive),
-        "packing": Param(
-            0.35, "Clusters start in a sphere holding the covalent spheres at this volume fraction.", check=_fraction
-        ),
-        "chunk": Param(
-            None, "At most this many members per representation call (default: by system size).",
-            check=positive_int,
-        ),
+        **STRUCTURE_PARAMETERS,
     }
 
     def run(

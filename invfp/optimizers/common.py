@@ -7,8 +7,25 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from invfp.components import Param, fraction, non_negative, positive_int
+
 if TYPE_CHECKING:
     from invfp.reconstruction import ReconstructionProblem
+
+STRUCTURE_PARAMETERS: dict[str, Param] = {
+    "min_distance": Param(
+        0.6, "Overlap penalty below this fraction of the sum of covalent radii (0: off).", check=non_negative
+    ),
+    "penalty": Param(1.0, "Weight of the overlap penalty.", check=non_negative),
+    "packing": Param(
+        0.35, "Clusters start in a sphere holding the covalent spheres at this volume fraction.", check=fraction
+    ),
+    "chunk": Param(
+        None, "At most this many members per representation call (default: by system size).", check=positive_int
+    ),
+}
+"""Parameters every built-in optimizer shares: the overlap penalty, the starting density
+and the memory bound of the :class:`Objective`."""
 
 
 class Objective:

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from invfp.components import Param, non_negative, positive, positive_int
+from invfp.components import Param, positive, positive_int
 from invfp.optimizers.base import Optimizer
-from invfp.optimizers.common import Objective, nan_safe
+from invfp.optimizers.common import STRUCTURE_PARAMETERS, Objective, nan_safe
 from invfp.reconstruction import timer
 
 if TYPE_CHECKING:
@@ -34,19 +34,7 @@ class LBFGS(Optimizer):
         "max_step": Param(0.3, "Largest displacement of any atom in one iteration (Å).", check=positive),
         "loss": Param("mse", "Fingerprint loss: 'mse' (smooth, suits L-BFGS) or 'mae'.", choices=("mae", "mse")),
         "tol": Param(1e-4, "A target is done when a member's raw fingerprint MAE falls below this.", check=positive),
-        "min_distance": Param(
-            0.6, "Overlap penalty below this fraction of the sum of covalent radii (0: off).", check=non_negative
-        ),
-        "penalty": Param(1.0, "Weight of the overlap penalty.", check=non_negative),
-        "packing": Param(
-            0.35,
-            "Clusters start in a sphere holding the covalent spheres at this volume fraction.",
-            check=lambda v: None if isinstance(v, (int, float)) and 0 < v <= 1 else "must be in (0, 1]",
-        ),
-        "chunk": Param(
-            None, "At most this many members per representation call (default: by system size).",
-            check=positive_int,
-        ),
+        **STRUCTURE_PARAMETERS,
     }
 
     def run(
