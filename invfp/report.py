@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import json
 import math
 import os
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from invfp.errors import InputError, OptionalDependencyError
+from invfp.results import read_json_file
 from invfp.utils import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
@@ -93,12 +93,7 @@ class Report:
 
 
 def _read_json(path: Path) -> Any:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is unreadable ({exc}); is this an invfp run directory?") from exc
+    return read_json_file(path, fix="is this an invfp run directory?")
 
 
 def _finite_or_none(value: Any) -> float | None:

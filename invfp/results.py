@@ -108,6 +108,16 @@ def _readable_sqlite(path: Path) -> bool:
         return False
 
 
+def read_json_file(path: Path, *, fix: str) -> Any:
+    """A run's JSON side file, ``None`` when absent; an unreadable one is an InputError ending in ``fix``."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} is unreadable ({exc}); {fix}") from exc
+
+
 class ResultsStore:
     """A run directory (see the module docstring).
 
@@ -126,7 +136,7 @@ class ResultsStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_directory(self.directory)
         self.config = json.loads(json.dumps(dict(config)))
-        old = self._read_json("config.json")
+        old = self.read_json("config.json")
         if old is not None and old != self.config:
             if not force:
                 self._lock.release()
@@ -168,18 +178,9 @@ class ResultsStore:
         self.close()
 
     # -- JSON side files ---------------------------------------------------------------
-    def _read_json(self, name: str) -> Any:
-        path = self.directory / name
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path} is unreadable ({exc}); pass --force to start over") from exc
-
     def read_json(self, name: str) -> Any:
         """A JSON side file of the run (``None`` when absent)."""
-        return self._read_json(name)
+        return read_json_file(self.directory / name, fix="pass --force to start over")
 
     def write_json(self, name: str, value: Any) -> Path:
         """Write a JSON side file atomically."""
