@@ -35,7 +35,8 @@ Radial terms: each unordered pair once (r_ij = r_ji), with a hand-written backwa
 the Gaussians (the hot spot). Angular terms: each atom's neighbour pairs j < k, cosines
 from unit vectors, integer zeta powers by repeated squaring, sums over pairs as batched
 matrix products per (zeta, lambda) x eta grid. Periodic input uses the same code on
-displacement columns ``[B, N, M, 3]`` to every image within the cutoff. Large batches
+displacement columns ``[B, N, M, 3]`` to every image within the cutoff (radial terms),
+and on each atom's own neighbours within the cutoff, padded (angular terms). Large batches
 of clusters are split into chunks whose intermediates stay below 16 MiB.
 """
 
@@ -562,13 +563,28 @@ class ACSF(Representation):
             radial = radial.reshape(b, n, n_el, -1)
         angular = None
         if self.n_angular:
-            m = disp.shape[2]
-            j, k = torch.triu_indices(m, m, 1, device=disp.device)
-            n = disp.shape[1]
-            # The atom's own column has f_c = 0, so its pairs vanish by themselves.
-            j, k = j.expand(n, -1), k.expand(n, -1)
-            pair_onehot = _pair_onehot(channel, j, k, n_el, self._layout, disp.dtype)
-            angular = self._angular(disp, r2, r, inside, fc, j, k, pair_onehot)
+            # Angular terms over each atom's own neighbours within the cutoff (per structure,
+            # padded to the largest count): pairs of all candidate columns grow as
+            # (images x N)^2 (about 10^6 for a 12-atom cell at r_c 6 Å), pairs of true
+            # neighbours only as (density r_c^3)^2.
+            b, n, m = r.shape
+            kmax = max(int(inside.sum(-1).max()), 2)
+            order = torch.argsort((~inside).to(torch.uint8), dim=-1, stable=True)[..., :kmax]  # inside first
+
+            def take(t: torch.Tensor) -> torch.Tensor:
+                return torch.gather(t, 2, order)
+
+            disp_n = torch.gather(disp, 2, order[..., None].expand(b, n, kmax, 3))
+            j, k = torch.triu_indices(kmax, kmax, 1, device=disp.device)
+            pair_onehot = None
+            if n_el > 1:
+                col = channel.expand(b, n, m).gather(2, order)  # [B, N, kmax] element channel
+                lookup = torch.tensor(_pair_map(n_el, self._layout), dtype=torch.long, device=disp.device)
+                pairs = lookup[col[..., j], col[..., k]]
+                pair_onehot = torch.nn.functional.one_hot(pairs, n_el * (n_el + 1) // 2).to(disp.dtype)
+            angular = self._angular(
+                disp_n, take(r2), take(r), take(inside), take(fc), j.expand(n, -1), k.expand(n, -1), pair_onehot
+            )
         return self._assemble(radial, angular)
 
     def _angular(
@@ -585,7 +601,8 @@ class ACSF(Representation):
         """G4 and G5 per neighbour-element pair: ``[B, N, n_pairs, n_angular]``.
 
         ``jj``, ``kk`` ``[N, K]`` list each atom's unordered neighbour pairs j < k;
-        ``pair_onehot`` ``[N, K, Q]`` gives their element pair (``None`` for one element).
+        ``pair_onehot`` ``[N, K, Q]`` or ``[B, N, K, Q]`` gives their element pair (``None``
+        for one element).
         """
         dtype = disp.dtype
         rows = torch.arange(disp.shape[1], device=disp.device)[:, None]
