@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from invfp.errors import ConfigError, InputError
+from invfp.errors import ConfigError, InputError, InvfpError
 from invfp.results import ResultsStore, SampleRecord, summarize
 from invfp.validators.base import ValidationContext, Validator
 
@@ -68,8 +68,13 @@ def train_or_load(
     cache: bool = True,
     progress: bool = True,
     device: Any = None,
+    processes: int = 1,
 ) -> tuple[Any, bool]:
     """Train the generative model and the surrogate on ``R``, ``y``, or reuse a cached pair.
+
+    With ``processes >= 2`` on the CPU the surrogate trains in a second process while
+    the generative model trains in this one (each on one core; the result is the same
+    as training them one after the other).
 
     The cache (``$INVFP_CACHE_DIR/models/<key>``) is keyed by the training data itself
     (a hash of ``R`` and ``y``), the representation's configuration, the model kind and
@@ -105,8 +110,14 @@ def train_or_load(
     path = cache_dir() / "models" / f"{generator.name}-{key}"
     if cache and path.is_dir():
         return load_bundle(path, representation_config=rep_config), True
-    generator.fit(R, y, seed=seed, progress=progress, device=device)
-    surrogate.fit(R, y, seed=seed, progress=progress, device=device)
+    from invfp.utils import resolve_device
+
+    if processes >= 2 and resolve_device(device).type == "cpu":
+        surrogate = _fit_beside(surrogate, lambda: generator.fit(R, y, seed=seed, progress=progress, device=device),
+                                R, y, seed)
+    else:
+        generator.fit(R, y, seed=seed, progress=progress, device=device)
+        surrogate.fit(R, y, seed=seed, progress=progress, device=device)
     if cache:
         save_bundle(
             path,
@@ -133,6 +144,51 @@ def train_or_load(
         data_summary=dict(data_summary or {}),
     )
     return bundle, False
+
+
+def _fit_surrogate_in_process(
+    params: dict[str, Any], R: np.ndarray, y: np.ndarray, seed: int, directory: str, parent_pid: int
+) -> None:
+    import signal
+
+    import torch
+
+    from invfp.executors import die_with_parent
+    from invfp.models.surrogate import Surrogate
+
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    torch.set_num_threads(1)
+    model = Surrogate(**params)
+    model.fit(R, y, seed=seed, progress=False, device="cpu")
+    model.save(directory)
+
+
+def _fit_beside(surrogate: Any, fit_main: Any, R: np.ndarray, y: np.ndarray, seed: int) -> Any:
+    """Fit ``surrogate`` in a spawned process while ``fit_main()`` runs here; the fitted surrogate."""
+    import multiprocessing
+    import os
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from invfp.models.surrogate import Surrogate
+
+    with tempfile.TemporaryDirectory(prefix="invfp-surrogate-") as tmp, ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        job = pool.submit(_fit_surrogate_in_process, surrogate.params, R, y, seed, tmp, os.getpid())
+        try:
+            fit_main()
+            job.result()
+        except BrokenProcessPool as exc:
+            raise InvfpError("the process training the surrogate died (out of memory, or killed); rerun") from exc
+        except BaseException:
+            # Ctrl-C or a failure here: do not leave the other training running.
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            raise
+        return Surrogate.load(tmp)
 
 
 @dataclasses.dataclass

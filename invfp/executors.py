@@ -10,7 +10,9 @@ results store itself, so only the calling process ever writes ``results.db``::
         pipeline.run(targets, n=1000, store=store, executor=executor)
 
 - :class:`LocalExecutor` (the default): one item after the other, in order, in this
-  process.
+  process; or, with ``workers > 1``, in that many single-threaded worker processes on
+  this machine (``invfp run`` uses one per CPU core: the reconstruction of a chunk
+  runs on one core, so a 2-core machine computes two chunks at once).
 - :class:`DaskExecutor`: every item is one dask.distributed task. The shared object
   (the pipeline: models, representation, validators) is pickled once into a task
   that rebuilds it on a worker, so when the worker holding it dies the scheduler
@@ -33,7 +35,10 @@ from typing import Any, ClassVar, TypeVar
 
 from invfp.errors import ConfigError, InvfpError, OptionalDependencyError
 
-__all__ = ["EXECUTORS", "DaskExecutor", "Executor", "LocalExecutor", "check_executor_options", "create_executor"]
+__all__ = [
+    "EXECUTORS", "DaskExecutor", "Executor", "LocalExecutor", "check_executor_options", "create_executor",
+    "die_with_parent", "usable_cores",
+]
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -71,14 +76,134 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    """In this process, one item after the other, in order (the default)."""
+    """On this machine: in this process (``workers=1``, the default) or in worker processes.
+
+    With ``workers > 1`` the shared object is pickled once into each of ``workers``
+    spawned processes (spawn, not fork: a forked torch with live OpenMP threads can
+    hang), each limited to ``torch_threads`` torch threads; items stream back in
+    completion order. Workers ignore Ctrl-C, and closing the executor early (an
+    interrupt, an error in the consumer) terminates them, so nothing keeps running.
+
+    Args:
+        workers: processes; 1 computes in this process, in order.
+        torch_threads: torch threads in each worker process.
+    """
 
     name = "local"
-    description = "In this process, one chunk after the other."
+    description = "On this machine: in this process, or in N single-threaded worker processes (--workers N)."
+
+    def __init__(self, workers: int = 1, *, torch_threads: int = 1) -> None:
+        for label, value in (("workers", workers), ("torch_threads", torch_threads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"local executor: {label} must be an integer >= 1, got {value!r}")
+        self.workers = workers
+        self.torch_threads = torch_threads
+        self._pool: Any = None
 
     def map(self, fn: Callable[[S, T], R], shared: S, items: Sequence[T]) -> Iterator[tuple[T, R]]:
-        for item in items:
-            yield item, fn(shared, item)
+        items = list(items)
+        if self.workers == 1 or len(items) <= 1:
+            for item in items:
+                yield item, fn(shared, item)
+            return
+        import multiprocessing
+        import os
+        import pickle
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        try:
+            blob = pickle.dumps((fn, shared), protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            raise ConfigError(
+                f"the local executor with workers > 1 sends the function and the shared object to other processes, "
+                f"but they do not pickle ({exc}); use module-level functions (no lambdas), or workers=1"
+            ) from exc
+        self._pool = ProcessPoolExecutor(
+            max_workers=min(self.workers, len(items)), mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_process, initargs=(blob, self.torch_threads, os.getpid()),
+        )
+        futures = {self._pool.submit(_run_in_process, item): index for index, item in enumerate(items)}
+        try:
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=futures.__getitem__):
+                    item = items[futures[future]]
+                    yield item, _result(future, item)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes (at once: an unfinished item is abandoned, not awaited)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_PROCESS_STATE: dict[str, Any] = {}
+"""In a worker process of :class:`LocalExecutor`: the function and the shared object."""
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a worker process: exit when the process ``parent_pid`` dies (even by SIGKILL).
+
+    A killed run must not leave orphans computing (and holding its terminal's pipes);
+    Linux delivers SIGKILL on the parent's death, elsewhere a daemon thread polls.
+    """
+    import os
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    else:
+        import threading
+        import time
+
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the above took effect
+        os._exit(1)
+
+
+def _init_process(blob: bytes, torch_threads: int, parent_pid: int) -> None:
+    import pickle
+    import signal
+
+    die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group; the parent handles it and stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _limit_threads(torch_threads)
+    fn, shared = pickle.loads(blob)
+    _PROCESS_STATE.update(fn=fn, shared=shared)
+
+
+def _run_in_process(item: Any) -> Any:
+    return _PROCESS_STATE["fn"](_PROCESS_STATE["shared"], item)
+
+
+def _result(future: Any, item: Any) -> Any:
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        raise InvfpError(
+            f"a worker process died while computing {item!r} (out of memory, or killed); "
+            "rerun the same command to resume, with fewer --workers or smaller chunks"
+        ) from exc
 
 
 def _load_shared(blob: bytes, torch_threads: int) -> Any:
@@ -225,13 +350,13 @@ def check_executor_options(name: str = "local", *, scheduler: str | None = None,
     """Check ``--executor NAME [--scheduler ADDRESS | --workers N]`` without starting anything.
 
     Raises:
-        ConfigError: an unknown name (listing the known ones), ``scheduler`` or
-            ``workers`` with the local executor, both at once, or ``workers`` < 1.
+        ConfigError: an unknown name (listing the known ones), ``scheduler`` with the
+            local executor, ``scheduler`` and ``workers`` at once, or ``workers`` < 1.
     """
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
-    if name == "local" and (scheduler is not None or workers is not None):
-        raise ConfigError("--scheduler and --workers need --executor dask")
+    if name == "local" and scheduler is not None:
+        raise ConfigError("--scheduler needs --executor dask")
     if scheduler is not None and workers is not None:
         raise ConfigError("give --scheduler (a running cluster) or --workers (a local cluster), not both")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -240,8 +365,20 @@ def check_executor_options(name: str = "local", *, scheduler: str | None = None,
         _import_distributed()
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
+
+
 def create_executor(name: str = "local", *, scheduler: str | None = None, workers: int | None = None) -> Executor:
     """The executor for ``invfp run --executor NAME [--scheduler ADDRESS | --workers N]``.
+
+    ``local`` without ``workers`` computes in this process.
 
     Raises:
         ConfigError: see :func:`check_executor_options`; an unreachable scheduler.
@@ -249,5 +386,5 @@ def create_executor(name: str = "local", *, scheduler: str | None = None, worker
     """
     check_executor_options(name, scheduler=scheduler, workers=workers)
     if name == "local":
-        return LocalExecutor()
+        return LocalExecutor(workers or 1)
     return DaskExecutor(scheduler=scheduler, workers=workers)

@@ -65,14 +65,49 @@ def test_local_executor_maps_in_order():
     assert out == [(1, 3), (2, 6), (5, 15)]
 
 
+def _square_plus(shared, item):
+    return shared + item * item
+
+
+def _die(shared, item):
+    os._exit(3)
+
+
+def test_local_executor_with_worker_processes_streams_every_item():
+    from invfp.executors import LocalExecutor
+
+    out = dict(LocalExecutor(workers=2).map(_square_plus, 100, list(range(7))))
+    assert out == {i: 100 + i * i for i in range(7)}
+
+
+def test_local_executor_worker_processes_match_the_in_process_run(tiny, local_records):
+    from invfp.executors import LocalExecutor
+
+    records = tiny.run(TARGETS, n=N, chunk_size=CHUNK, progress=False, executor=LocalExecutor(workers=2)).records
+    assert _rows(records) == _rows(local_records)  # the same rows, bit for bit
+
+
+def test_local_executor_reports_a_dead_worker_and_unpicklable_work():
+    from invfp.errors import InvfpError
+    from invfp.executors import LocalExecutor
+
+    with pytest.raises(InvfpError, match="worker process died"):
+        list(LocalExecutor(workers=2).map(_die, 0, [1, 2]))
+    with pytest.raises(ConfigError, match="do not pickle"):
+        list(LocalExecutor(workers=2).map(lambda shared, item: item, 0, [1, 2]))
+    with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
+        LocalExecutor(workers=0)
+
+
 def test_create_executor_checks_its_options():
     from invfp.executors import LocalExecutor, create_executor
 
     assert isinstance(create_executor("local"), LocalExecutor)
     with pytest.raises(ConfigError, match="choose one of: local, dask"):
         create_executor("spark")
-    with pytest.raises(ConfigError, match="need --executor dask"):
-        create_executor("local", workers=2)
+    assert create_executor("local", workers=2).workers == 2
+    with pytest.raises(ConfigError, match="--scheduler needs --executor dask"):
+        create_executor("local", scheduler="tcp://127.0.0.1:1")
     with pytest.raises(ConfigError, match="not both"):
         create_executor("dask", scheduler="tcp://127.0.0.1:1", workers=2)
     with pytest.raises(ConfigError, match="--workers must be an integer >= 1"):
@@ -85,7 +120,7 @@ def test_run_cli_checks_executor_options_before_any_work(tmp_path):
     from invfp.cli.app import app
 
     for args, message in (
-        (["--workers", "2"], "need --executor dask"),
+        (["--scheduler", "tcp://127.0.0.1:1"], "--scheduler needs --executor dask"),
         (["--executor", "spark"], "choose one of: local, dask"),
         (["--executor", "dask", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"),
     ):

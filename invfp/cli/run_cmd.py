@@ -96,12 +96,15 @@ def run(
     window: float = typer.Option(0.1, "--window", help="Half-width of the 'within' band (property units)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:0 (default: CUDA when available)."),
     force: bool = typer.Option(False, "--force", help="Delete a different run found in the output directory."),
-    executor: str = typer.Option("local", "--executor", help="Where chunks run: local (this process) or dask."),
+    executor: str = typer.Option(
+        "local", "--executor", help="Where chunks run: local (this machine's cores) or dask (a cluster)."
+    ),
     scheduler: str = typer.Option(
         None, "--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (a dask-jobqueue cluster's)."
     ),
     workers: int = typer.Option(
-        None, "--workers", help="Dask: start a local cluster of N single-threaded worker processes.", min=1
+        None, "--workers", help="Single-threaded worker processes (local default: one per CPU core, 1 on a GPU; "
+        "dask: a local cluster of N).", min=1
     ),
 ) -> None:
     """Generate structures with target properties: train, generate, reconstruct, validate, store.
@@ -124,7 +127,7 @@ def run(
     if loss_threshold is not None and not (0 < loss_threshold < float("inf")):
         error(f"--loss-threshold must be a finite number > 0, got {loss_threshold} (leave it out to calibrate one)")
     _check_names(representation, model, optimizer, filters + ([] if oracle.lower() == "none" else ["energy"]))
-    from invfp.executors import check_executor_options, create_executor
+    from invfp.executors import check_executor_options, create_executor, usable_cores
 
     check_executor_options(executor, scheduler=scheduler, workers=workers)
     from invfp.utils import check_output_path
@@ -223,6 +226,7 @@ def run(
         bundle, reused = train_or_load(
             R_train, y_train, representation=rep, model=model, model_params=model_params,
             surrogate_params=model_params, property_name=property_name, units=units, seed=seed,
+            processes=2 if executor == "local" and (workers or usable_cores()) >= 2 else 1,
             data_summary={"source": data, "hash": data_hash, "train_size": int(size)},
             progress=True, device=dev,
         )
@@ -262,6 +266,9 @@ def run(
         out.print(target_note, highlight=False)
 
         # 5. generate → reconstruct → validate, chunk by chunk (where: --executor; only we write the store)
+        if executor == "local" and workers is None:
+            # One chunk keeps one core busy: use every core, but one process on a GPU.
+            workers = usable_cores() if dev.type == "cpu" else 1
         with create_executor(executor, scheduler=scheduler, workers=workers) as runner, warnings.catch_warnings():
             # Out-of-range targets were reported once above; the model would repeat it per chunk.
             warnings.simplefilter("ignore", TargetOutOfRangeWarning)
@@ -276,6 +283,7 @@ def run(
                     "seconds": round(time.perf_counter() - started, 1),
                     "device": str(dev),
                     "executor": executor,
+                    "workers": workers,
                 },
             )
     finally:

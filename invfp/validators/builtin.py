@@ -185,6 +185,11 @@ class EnergyValidator(Validator):
         self._calculator: Any = None
         self._references: dict[int, float] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A used ASE calculator may hold lambdas and neighbour lists: send the validator
+        # to worker processes without it (each makes its own on first use).
+        return {**self.__dict__, "_calculator": None}
+
     def _calc(self) -> Any:
         if self._calculator is None:
             from invfp.data.make import get_calculator
