@@ -96,13 +96,14 @@ class ReconstructionProblem:
         return diff / self.feature_scale if scaled else diff
 
     def random_positions(
-        self, count: int, generator: torch.Generator, *, packing: float = PACKING
+        self, count: int, generator: torch.Generator, *, packing: float = PACKING, packing_min: float | None = None
     ) -> torch.Tensor:
         """Random starting positions ``[count, N, 3]``.
 
         Periodic directions: uniform in the cell. Clusters: uniform in a sphere holding
         the atoms' covalent spheres at volume fraction ``packing``, centred in the cell
-        when there is one.
+        when there is one. With ``packing_min`` below ``packing``, each start draws its own
+        packing log-uniformly between the two (compact and spread-out starts together).
         """
         import torch
 
@@ -123,7 +124,11 @@ class ReconstructionProblem:
                         frac[..., axis] = 0.5 + (frac[..., axis] - 0.5) * width
                 pos = frac @ self.cell
             return pos
-        radius = cluster_radius(self.numbers.tolist(), packing)
+        radius = torch.full((count, 1, 1), cluster_radius(self.numbers.tolist(), packing), **kw)
+        if packing_min is not None and packing_min < packing:
+            # radius ∝ packing^(-1/3): log-uniform packing is log-uniform radius.
+            u = torch.rand(count, 1, 1, generator=generator, **kw)
+            radius = radius * (packing / packing_min) ** (u / 3.0)
         direction = torch.randn(count, n, 3, generator=generator, **kw)
         direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         r = radius * torch.rand(count, n, 1, generator=generator, **kw) ** (1.0 / 3.0)

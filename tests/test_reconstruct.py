@@ -161,3 +161,63 @@ def test_cli_reconstructs_csv_and_reports_bad_input(fung, pt4, tmp_path):
                "-o", str(tmp_path / "x.extxyz"))
     assert bad.returncode == 2 and "lbfgs" in bad.stderr
     assert not (tmp_path / "x.extxyz").exists()
+
+
+def _problem(numbers: str = "Pt10"):
+    import torch
+
+    from invfp.reconstruction import ReconstructionProblem, parse_numbers
+
+    z = torch.as_tensor(parse_numbers(numbers))
+    return ReconstructionProblem(
+        representation=None, targets=torch.zeros(1, 1), numbers=z, cell=None, pbc=(False, False, False),
+        device=torch.device("cpu"), dtype=torch.float64, feature_scale=torch.ones(1),
+    )
+
+
+def test_random_positions_spread_packing_between_bounds():
+    import torch
+
+    from invfp.reconstruction import cluster_radius
+
+    problem = _problem()
+    gen = torch.Generator().manual_seed(0)
+    x = problem.random_positions(4000, gen, packing=0.35, packing_min=0.05)
+    reach = x.norm(dim=-1).amax(1)
+    compact, loose = cluster_radius([78] * 10, 0.35), cluster_radius([78] * 10, 0.05)
+    assert float(reach.max()) <= loose + 1e-9
+    # log-uniform radius: about half the starts reach beyond the geometric mean of the bounds
+    assert 0.35 < float((reach > (compact * loose) ** 0.5).double().mean()) < 0.6
+    same = problem.random_positions(50, gen, packing=0.35)
+    assert float(same.norm(dim=-1).amax()) <= compact + 1e-9
+
+
+def test_splice_takes_atoms_from_both_parents_and_relocate_moves_count_atoms():
+    import torch
+
+    from invfp.optimizers.adam_hopping import _relocate, _splice
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 10, 3, generator=gen, dtype=torch.float64) * 3
+    b = torch.randn(64, 10, 3, generator=gen, dtype=torch.float64) * 3
+    child = _splice(a, b, gen)
+    ca, cb = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    for m in range(64):
+        from_a = (torch.cdist(child[m], ca[m]).amin(1) < 1e-12).sum()
+        from_b = (torch.cdist(child[m], cb[m]).amin(1) < 1e-12).sum()
+        assert from_a >= 1 and from_b >= 1 and from_a + from_b == 10
+    moved = _relocate(a, 2, gen)
+    assert ((moved - a).norm(dim=-1) > 0).sum(1).tolist() == [2] * 64
+    centre = a.mean(1, keepdim=True)
+    assert bool(((moved - centre).norm(dim=-1) <= (a - centre).norm(dim=-1).amax(1, keepdim=True) + 1e-9).all())
+
+
+def test_hop_options_recover_and_are_deterministic(fung, pt4):
+    options = {**SMALL_ADAM, "crossover": True, "hop_atoms": 1, "packing_min": 0.15}
+    target = fung.featurize(pt4)
+    runs = [
+        invfp.reconstruct(target, numbers="Pt4", cell=20.0, representation=fung, seed=3, **options)[0]
+        for _ in range(2)
+    ]
+    assert rmsd(pt4, runs[0].atoms, allow_reflection=True) < 0.02
+    np.testing.assert_array_equal(runs[0].atoms.positions, runs[1].atoms.positions)

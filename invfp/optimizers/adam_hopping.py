@@ -53,7 +53,12 @@ class AdamHopping(Optimizer):
         "patience": Param(
             40, "A member leaves the current descent after this many steps without 1% improvement.", check=positive_int
         ),
-        "hop_size": Param(0.3, "Standard deviation (Å) of the random displacement of a hop.", check=positive),
+        "hop_size": Param(0.3, "Standard deviation (Å) of the random displacement of a hop.", check=non_negative),
+        "hop_atoms": Param(
+            0, "Clusters: each hop also moves this many random atoms of each member to random points of the "
+            "sphere around the cluster's centre that holds all its atoms (a surface/cut move: the misplaced "
+            "atom of a trapped member is often far from where it belongs).", check=non_negative_int,
+        ),
         "noise": Param(
             0.03, "Random kick per step (Å) at the start of a descent, cooling to zero with the schedule.",
             check=non_negative,
@@ -61,6 +66,11 @@ class AdamHopping(Optimizer):
         "cull": Param(
             0.5, "After each hop, this fraction of each target's members restarts from copies of the best.",
             check=lambda v: None if isinstance(v, (int, float)) and 0 <= v < 1 else "must be in [0, 1)",
+        ),
+        "crossover": Param(
+            False, "Clusters: culled members restart from a cut-and-splice child of two random kept members "
+            "(Deaven-Ho: one parent's atoms above a random plane, the other's below) instead of copies "
+            "of the best.", choices=(False, True),
         ),
         "temperature": Param(
             0.5, "Metropolis temperature on the natural log of the objective (0: only improvements).",
@@ -94,7 +104,7 @@ class AdamHopping(Optimizer):
         if screen > 1:
             x_cur, screen_used = self._screen(objective, problem, n_targets, restarts, screen, generator)
         else:
-            x_cur = problem.random_positions(members, generator, packing=p["packing"])
+            x_cur = problem.random_positions(members, generator, packing=p["packing"], packing_min=p["packing_min"])
         f_cur = torch.full((members,), math.inf, device=dev, dtype=dt)
         x_best = x_cur.clone()
         f_best = torch.full((members,), math.inf, device=dev, dtype=dt)
@@ -109,6 +119,8 @@ class AdamHopping(Optimizer):
             start = x_cur
             if hop > 0:
                 start = x_cur + p["hop_size"] * torch.randn(x_cur.shape, generator=generator, device=dev, dtype=dt)
+                if p["hop_atoms"] and not problem.periodic:
+                    start = _relocate(start, min(p["hop_atoms"], problem.n_atoms), generator)
             idx = torch.nonzero(active).squeeze(1)
             x_end, f_end, raw_end, used = self._descend(
                 objective, start[idx], target_of[idx], p["steps"], p["lr"], p["lr"] * p["lr_end"],
@@ -144,8 +156,16 @@ class AdamHopping(Optimizer):
                 base = torch.arange(n_targets, device=dev)[:, None] * restarts
                 dst = (base + order[:, n_keep:]).reshape(-1)
                 src = (base + order[:, torch.arange(n_cull, device=dev) % n_keep]).reshape(-1)
-                x_cur[dst] = x_cur[src]
-                f_cur[dst] = f_cur[src]
+                if p["crossover"] and not problem.periodic:
+                    pick_a = torch.randint(n_keep, (n_targets, n_cull), generator=generator, device=dev)
+                    pick_b = torch.randint(n_keep, (n_targets, n_cull), generator=generator, device=dev)
+                    mom = (base + torch.gather(order, 1, pick_a)).reshape(-1)
+                    dad = (base + torch.gather(order, 1, pick_b)).reshape(-1)
+                    x_cur[dst] = _splice(x_cur[mom], x_cur[dad], generator)
+                    f_cur[dst] = math.inf  # the child's first descent is always accepted
+                else:
+                    x_cur[dst] = x_cur[src]
+                    f_cur[dst] = f_cur[src]
             reached = torch.zeros(n_targets, dtype=torch.bool, device=dev)
             reached.index_put_((target_of,), raw_best < p["tol"], accumulate=True)
             newly = reached & ~done
@@ -190,7 +210,9 @@ class AdamHopping(Optimizer):
         """
         p = self.params
         screen, n_steps, dev = factor * restarts, p["screen_steps"], problem.device
-        x0 = problem.random_positions(n_targets * screen, generator, packing=p["packing"])
+        x0 = problem.random_positions(
+            n_targets * screen, generator, packing=p["packing"], packing_min=p["packing_min"]
+        )
         target_of = torch.arange(n_targets, device=dev).repeat_interleave(screen)
         x_end, f_end, _, used = self._descend(
             objective, x0, target_of, n_steps, p["lr"], p["lr"] * p["lr_end"],
@@ -273,3 +295,46 @@ class AdamHopping(Optimizer):
                     rows, x, tgt, m, v = rows[keep], x[keep], tgt[keep], m[keep], v[keep]
                     f_act, raw_act, bx_act, checkpoint = f_act[keep], raw_act[keep], bx_act[keep], checkpoint[keep]
         return best_x, best_f, best_raw, used
+
+
+def _relocate(x: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Move ``count`` random atoms of each member to uniform points of its bounding sphere.
+
+    The sphere is centred at the member's centroid with the radius of its farthest atom,
+    so the moved atoms land anywhere the cluster already occupies or on its surface.
+    """
+    m, n, _ = x.shape
+    kw = {"device": x.device, "dtype": x.dtype}
+    centre = x.mean(1, keepdim=True)
+    radius = (x - centre).norm(dim=-1).amax(1)  # [M]
+    which = torch.argsort(torch.rand(m, n, generator=generator, **kw), dim=1)[:, :count]  # [M, count]
+    direction = torch.randn(m, count, 3, generator=generator, **kw)
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    r = radius[:, None, None] * torch.rand(m, count, 1, generator=generator, **kw) ** (1.0 / 3.0)
+    out = x.clone()
+    out.scatter_(1, which[..., None].expand(m, count, 3), centre + direction * r)
+    return out
+
+
+def _splice(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Cut-and-splice children ``[M, N, 3]`` of parents ``a`` and ``b`` (Deaven & Ho 1995).
+
+    Both parents are centred and a random plane through the centre is drawn (in a random
+    direction, independently for each child): the child takes the ``k`` atoms of ``a``
+    farthest above it and the ``N - k`` atoms of ``b`` farthest below, ``k`` being the
+    number of ``a``'s atoms above (at least one from each parent).
+    """
+    m, n, _ = a.shape
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    normal = torch.randn(m, 1, 3, generator=generator, device=a.device, dtype=a.dtype)
+    pa, pb = (a * normal).sum(-1), (b * normal).sum(-1)  # [M, N] heights above the plane
+    k = (pa > 0).sum(1).clamp(1, n - 1)  # [M]
+    top_a = torch.argsort(pa, dim=1, descending=True, stable=True)
+    low_b = torch.argsort(pb, dim=1, stable=True)
+    slot = torch.arange(n, device=a.device)[None, :]
+    from_a = slot < k[:, None]  # the child's first k atoms come from a, the rest from b
+    idx_b = low_b.flip(1)  # slots k.. take b's N - k lowest atoms
+    src_a = torch.gather(a, 1, top_a[..., None].expand(m, n, 3))
+    src_b = torch.gather(b, 1, idx_b[..., None].expand(m, n, 3))
+    return torch.where(from_a[..., None], src_a, src_b)

@@ -20,6 +20,10 @@ STRUCTURE_PARAMETERS: dict[str, Param] = {
     "packing": Param(
         0.35, "Clusters start in a sphere holding the covalent spheres at this volume fraction.", check=fraction
     ),
+    "packing_min": Param(
+        None, "Clusters: each start draws its packing log-uniformly between this and `packing` (None: all "
+        "at `packing`); spread-out targets need spread-out starts.", check=fraction,
+    ),
     "chunk": Param(
         None, "At most this many members per representation call (default: by system size).", check=positive_int
     ),

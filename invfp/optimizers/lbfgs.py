@@ -55,7 +55,7 @@ class LBFGS(Optimizer):
         objective = Objective(problem, p["loss"], p["min_distance"], p["penalty"], p["chunk"])
         target_of = torch.arange(n_targets, device=dev).repeat_interleave(restarts)
 
-        x = problem.random_positions(members, generator, packing=p["packing"])
+        x = problem.random_positions(members, generator, packing=p["packing"], packing_min=p["packing_min"])
         shape = x.shape
         best_x = x.clone()
         best_f = torch.full((members,), math.inf, device=dev, dtype=dt)
