@@ -146,3 +146,27 @@ def test_pipeline_bad_configuration(tiny):
         Pipeline(pipe.representation, pipe.generator, numbers=[78] * 5, filters=("geometry", "energy"))
     with pytest.raises(InputError, match="finite"):
         pipe.run([float("nan")], 2, progress=False)
+
+
+def test_prescreen_reconstructs_the_draws_the_surrogate_puts_closest_to_the_target(tiny):
+    from invfp.engine import Pipeline
+    from invfp.models.surrogate import Surrogate
+
+    pipe, R, y = tiny
+    surrogate = Surrogate(epochs=30, hidden=32, layers=2, batch_size=16)
+    surrogate.fit(R, y, seed=0, device="cpu")
+    kw = dict(numbers=[78] * 5, cell=20.0, surrogate=surrogate, filters=("geometry",), oracle=None,
+              optimizer_options=pipe.optimizer_options, feature_scale=np.ones(R.shape[1]), device="cpu")
+    screened = Pipeline(pipe.representation, pipe.generator, prescreen=6, **kw)
+    target, count = 2.4, 3
+    records = screened.process_chunk(0, target, 0, 0, count, 7)
+    sample_seed, _ = chunk_seeds(7, 0, 0)
+    draws = pipe.generator.sample(target, count * 6, seed=sample_seed)
+    gap = np.abs(surrogate.predict(draws) - target)
+    best = np.sort(np.argsort(gap, kind="stable")[:count])
+    np.testing.assert_array_equal(np.stack([r.fingerprint for r in records]), draws[best])
+    assert gap[best].max() <= np.sort(gap)[count - 1] and gap[best].mean() < gap.mean()
+    with pytest.raises(ConfigError, match="prescreen needs a trained surrogate"):
+        Pipeline(pipe.representation, pipe.generator, numbers=[78] * 5, filters=(), prescreen=4)
+    with pytest.raises(ConfigError, match="prescreen must be an integer"):
+        Pipeline(pipe.representation, pipe.generator, numbers=[78] * 5, filters=(), prescreen=-1)

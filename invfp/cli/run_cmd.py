@@ -93,6 +93,10 @@ def run(
     ),
     epochs: int = typer.Option(None, "--epochs", help="Training epochs of both models (default: the models').", min=1),
     chunk: int = typer.Option(25, "--chunk", help="Samples per reconstruction batch and per committed chunk.", min=1),
+    prescreen: int = typer.Option(
+        10, "--prescreen", help="Draw K x the samples and reconstruct those the surrogate puts closest to the "
+        "target (0: reconstruct every draw).", min=0,
+    ),
     window: float = typer.Option(0.1, "--window", help="Half-width of the 'within' band (property units)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:0 (default: CUDA when available)."),
     force: bool = typer.Option(False, "--force", help="Delete a different run found in the output directory."),
@@ -217,6 +221,7 @@ def run(
         "targets": target_values,
         "n": n,
         "chunk": int(chunk),
+        "prescreen": int(prescreen),
         "window": float(window),
     }
     store = ResultsStore(output, config, force=force)
@@ -241,7 +246,7 @@ def run(
             rep, bundle.generator, numbers=dataset.numbers, cell=dataset.cell, pbc=dataset.pbc,
             surrogate=bundle.surrogate, optimizer=optimizer, optimizer_options=opt_options, filters=filter_objects,
             oracle=oracle_validator, property_name=property_name, window=window, loss_threshold=loss_threshold,
-            feature_scale=auto_feature_scale(R_train), device=dev,
+            feature_scale=auto_feature_scale(R_train), device=dev, prescreen=prescreen,
         )
 
         # 4. the loss threshold: fixed, or derived from real training structures (once per run)
