@@ -89,11 +89,12 @@ def test_cvae_saved_before_the_new_parameters_loads_with_the_old_behaviour(fitte
     cvae, *_ = fitted
     cvae.save(tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text())
-    for key in ("balance", "condition", "temperature"):
+    for key in ("balance", "condition", "temperature", "prior"):
         del config["params"][key]
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     old = CVAE.load(tmp_path / "old")
     assert (old.params["balance"], old.params["condition"], old.params["temperature"]) == (0.0, "input", 1.0)
+    assert old.params["prior"] == "standard"
     np.testing.assert_array_equal(old.sample(2.0, 20, seed=3), cvae.sample(2.0, 20, seed=3))
 
 
@@ -130,6 +131,31 @@ def test_cvae_balanced_and_all_layer_conditioning_train_and_round_trip(data, fit
     assert abs(np.median(high) - 2.5) < 0.3
     cvae.save(tmp_path / "c")
     np.testing.assert_array_equal(CVAE.load(tmp_path / "c").sample(2.0, 20, seed=1), cvae.sample(2.0, 20, seed=1))
+
+
+def test_cvae_conditional_prior_learns_where_each_property_lives(data, fitted, tmp_path):
+    import torch
+
+    R, y = data
+    _, _, sur, _ = fitted
+    cvae = CVAE(**FAST_CVAE, prior="conditional")
+    report = cvae.fit(R, y, seed=0)
+    assert report["best_val_loss"] < 0.5 * report["history"]["val_loss"][0]
+    for target in (1.5, 2.5):
+        assert abs(np.median(sur.predict(cvae.sample(target, 400, seed=0))) - target) < 0.3
+    # the prior's mean follows the encoder's latents of the training data: it moves with y
+    with torch.no_grad():
+        ys = torch.tensor([[-1.0], [1.0]], dtype=cvae.dtype)
+        mu, _ = cvae.net.prior_params(ys)
+    assert float((mu[0] - mu[1]).norm()) > 0.1
+    # at temperature -> 0 every sample decodes the prior's mean, not z = 0
+    cold = cvae.sample(2.0, 50, seed=2, temperature=1e-6)
+    with torch.no_grad():
+        yc = torch.full((1, 1), float(cvae.y_scaler.transform(2.0)), dtype=cvae.dtype)
+        mean = cvae.scaler.inverse_transform(cvae.net.decode(cvae.net.prior_params(yc)[0], yc).double().numpy())
+    np.testing.assert_allclose(cold, np.repeat(mean, 50, axis=0), rtol=1e-4, atol=1e-5)
+    cvae.save(tmp_path / "cp")
+    np.testing.assert_array_equal(CVAE.load(tmp_path / "cp").sample(2.0, 20, seed=1), cvae.sample(2.0, 20, seed=1))
 
 
 def _rewrite_weights(directory: Path, tensors: dict) -> None:

@@ -3,8 +3,9 @@
 Encoder ``[R_scaled, y_scaled] -> (mu, log_var)`` in a ``latent``-dimensional space,
 decoder ``[z, y_scaled] -> R_scaled``; both are MLPs of ``layers`` hidden layers of
 width ``hidden``. Loss per sample: squared reconstruction error summed over features +
-``beta`` x KL(q(z | R, y) || N(0, I)). Sampling draws z ~ N(0, I) for the target y and
-decodes; the result is mapped back to raw scale.
+``beta`` x KL(q(z | R, y) || p(z | y)), where the prior p is N(0, I) (the paper's) or,
+with ``prior="conditional"``, a learned N(mu(y), sigma(y)^2). Sampling draws z from the
+prior for the target y and decodes; the result is mapped back to raw scale.
 
 Defaults are the paper's: 3 hidden layers, hidden 128, latent 25, beta 0.75, Adam lr
 1e-3, 2,000 epochs, batch 64, 80:20 validation split with the best checkpoint kept,
@@ -57,7 +58,8 @@ class _ConditionedMLP(torch.nn.Module):
 
 class _CVAENet(torch.nn.Module):
     def __init__(
-        self, dim: int, hidden: int, layers: int, latent: int, activation: str, condition: str = "input"
+        self, dim: int, hidden: int, layers: int, latent: int, activation: str, condition: str = "input",
+        prior: str = "standard",
     ) -> None:
         super().__init__()
         self.latent = latent
@@ -67,6 +69,17 @@ class _CVAENet(torch.nn.Module):
             self.decoder: torch.nn.Module = _ConditionedMLP(latent, hidden, layers, dim, activation)
         else:
             self.decoder = mlp(latent + 1, hidden, layers, dim, activation)
+        # A learned p(z | y) = N(mu(y), diag sigma(y)^2): where the latents of structures
+        # with property y lie, instead of assuming N(0, I) for every y.
+        self.prior = mlp(1, hidden, 2, 2 * latent, activation) if prior == "conditional" else None
+
+    def prior_params(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of p(z | y) (zeros for the standard normal prior)."""
+        if self.prior is None:
+            zeros = torch.zeros((y.shape[0], self.latent), dtype=y.dtype, device=y.device)
+            return zeros, zeros
+        mu, log_var = self.prior(y).chunk(2, dim=1)
+        return mu, log_var
 
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, log_var = self.encoder(torch.cat([x, y], dim=1)).chunk(2, dim=1)
@@ -104,14 +117,20 @@ class CVAE(ScaledNetworkModel, GenerativeModel):
         ),
         "condition": Param("input", "Where the decoder sees y: 'input' (the paper's) or 'all' hidden layers.",
                            choices=("input", "all")),
-        "temperature": Param(1.0, "Default sampling temperature: z ~ N(0, temperature^2 I).", check=positive),
+        "prior": Param(
+            "standard", "Latent prior: 'standard' N(0, I) for every y (the paper's) or 'conditional', a learned "
+            "N(mu(y), sigma(y)^2) that samples where the latents of training structures with that y lie.",
+            choices=("standard", "conditional"),
+        ),
+        "temperature": Param(1.0, "Default sampling temperature: z = mu(y) + temperature * sigma(y) * eps.",
+                             check=positive),
         "scaling": Param("minmax", "Per-feature scaling fitted on the training data.", choices=METHODS),
         "activation": Param("elu", "Hidden-layer activation.", choices=tuple(ACTIVATIONS)),
         "dtype": Param("float32", "Floating-point type of the network.", choices=("float32", "float64")),
     }
 
     # models saved before these parameters existed were trained and sample this way
-    legacy_params = {"balance": 0.0, "condition": "input", "temperature": 1.0}
+    legacy_params = {"balance": 0.0, "condition": "input", "temperature": 1.0, "prior": "standard"}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -120,7 +139,8 @@ class CVAE(ScaledNetworkModel, GenerativeModel):
     def _build(self, dim: int, seed: int | None) -> _CVAENet:
         p = self.params
         net = seeded_init(
-            seed, lambda: _CVAENet(dim, p["hidden"], p["layers"], p["latent"], p["activation"], p["condition"])
+            seed,
+            lambda: _CVAENet(dim, p["hidden"], p["layers"], p["latent"], p["activation"], p["condition"], p["prior"]),
         )
         return net.to(device=self.device, dtype=self.dtype)  # type: ignore[return-value]
 
@@ -130,7 +150,9 @@ class CVAE(ScaledNetworkModel, GenerativeModel):
         eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
         z = mu + torch.exp(0.5 * log_var) * eps
         recon = ((net.decode(z, y) - x) ** 2).sum(dim=1).mean()  # type: ignore[operator]
-        kl = (-0.5 * (1 + log_var - mu**2 - log_var.exp()).sum(dim=1)).mean()
+        p_mu, p_log_var = net.prior_params(y)  # type: ignore[operator]
+        # KL(N(mu, var) || N(p_mu, p_var)); with the standard prior it is the usual closed form
+        kl = (0.5 * (p_log_var - log_var + (log_var.exp() + (mu - p_mu) ** 2) / p_log_var.exp() - 1)).sum(dim=1).mean()
         return {"loss": recon + self.params["beta"] * kl, "recon": recon, "kl": kl}
 
     def fit(
@@ -192,8 +214,9 @@ class CVAE(ScaledNetworkModel, GenerativeModel):
         :class:`~invfp.models.base.TargetOutOfRangeWarning` outside the training range.
 
         Args:
-            temperature: z ~ N(0, temperature^2 I); below 1 trades diversity for
-                samples closer to the target (``None``: the ``temperature`` parameter).
+            temperature: scales the prior's spread (z ~ N(0, temperature^2 I) with the
+                standard prior); below 1 trades diversity for samples closer to the
+                target (``None``: the ``temperature`` parameter).
         """
         net = self._require_fitted()
         value = check_target(y_target, self.y_range)
@@ -203,12 +226,14 @@ class CVAE(ScaledNetworkModel, GenerativeModel):
         if positive(temp) is not None:
             raise InputError(f"temperature must be a number > 0, got {temp!r}")
         gen = make_generator(seed, "cpu")
-        z = torch.randn((int(n), net.latent), generator=gen, dtype=self.dtype) * float(temp)
+        eps = torch.randn((int(n), net.latent), generator=gen, dtype=self.dtype) * float(temp)
         y_scaled = float(self.y_scaler.transform(value))  # type: ignore[union-attr]
         out = []
         with torch.no_grad():
             for start in range(0, int(n), 65536):
-                zc = z[start : start + 65536].to(self.device)
-                yc = torch.full((zc.shape[0], 1), y_scaled, dtype=self.dtype, device=self.device)
+                ec = eps[start : start + 65536].to(self.device)
+                yc = torch.full((ec.shape[0], 1), y_scaled, dtype=self.dtype, device=self.device)
+                p_mu, p_log_var = net.prior_params(yc)  # type: ignore[operator]
+                zc = p_mu + torch.exp(0.5 * p_log_var) * ec
                 out.append(net.decode(zc, yc).cpu().double().numpy())  # type: ignore[operator]
         return self.scaler.inverse_transform(np.concatenate(out))  # type: ignore[union-attr]
