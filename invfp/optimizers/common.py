@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -97,3 +98,33 @@ def cosine(step: int, total: int, start: float, end: float) -> float:
 def nan_safe(values: torch.Tensor) -> torch.Tensor:
     """Replace NaN (a blown-up member) by +inf so it never counts as the best."""
     return torch.where(torch.isnan(values), torch.full_like(values, math.inf), values)
+
+
+@dataclasses.dataclass
+class Batch:
+    """The member layout every built-in optimizer starts from: targets × restarts in one tensor."""
+
+    n_targets: int
+    restarts: int
+    members: int
+    """``n_targets * restarts``; member ``k`` works on target ``k // restarts``."""
+    device: torch.device
+    dtype: torch.dtype
+    objective: Objective
+    target_of: torch.Tensor
+    """``[members]``: the target index of each member."""
+
+    @classmethod
+    def of(cls, problem: ReconstructionProblem, params: dict[str, Any]) -> Batch:
+        """The layout for ``problem`` with an optimizer's validated ``params``."""
+        n_targets, restarts = int(problem.targets.shape[0]), int(params["restarts"])
+        dev = problem.device
+        return cls(
+            n_targets=n_targets,
+            restarts=restarts,
+            members=n_targets * restarts,
+            device=dev,
+            dtype=problem.dtype,
+            objective=Objective(problem, params["loss"], params["min_distance"], params["penalty"], params["chunk"]),
+            target_of=torch.arange(n_targets, device=dev).repeat_interleave(restarts),
+        )

@@ -15,7 +15,7 @@ import torch
 
 from invfp.components import Param, positive, positive_int
 from invfp.optimizers.base import Optimizer
-from invfp.optimizers.common import STRUCTURE_PARAMETERS, Objective, nan_safe
+from invfp.optimizers.common import STRUCTURE_PARAMETERS, Batch, nan_safe
 from invfp.reconstruction import timer
 
 if TYPE_CHECKING:
@@ -48,12 +48,9 @@ class LBFGS(Optimizer):
         p = self.params
         clock = timer()
         advance = progress or (lambda n=1: None)
-        n_targets = problem.targets.shape[0]
-        restarts = p["restarts"]
-        members = n_targets * restarts
-        dev, dt = problem.device, problem.dtype
-        objective = Objective(problem, p["loss"], p["min_distance"], p["penalty"], p["chunk"])
-        target_of = torch.arange(n_targets, device=dev).repeat_interleave(restarts)
+        b = Batch.of(problem, p)
+        n_targets, restarts, members, dev, dt = b.n_targets, b.restarts, b.members, b.device, b.dtype
+        objective, target_of = b.objective, b.target_of
 
         x = problem.random_positions(members, generator, packing=p["packing"], packing_min=p["packing_min"])
         shape = x.shape
