@@ -328,3 +328,9 @@ def test_cli_generate_and_score_a_bundle(fitted, tmp_path):
     assert scored["mae"] == pytest.approx(err.mean()) and scored["within_delta"] == pytest.approx((err <= 0.1).mean())
     res = runner.invoke(app, ["generate", str(tmp_path / "b"), "-t", "9.0", "--n", "2", "-o", str(out)])
     assert res.exit_code == 0 and "above the training range" in res.output
+    res = runner.invoke(app, ["generate", str(tmp_path / "b"), "-t", "2.0", "--n", "20", "--seed", "3",
+                              "--temperature", "0.5", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(np.load(out), cvae.sample(2.0, 20, seed=3, temperature=0.5))
+    res = runner.invoke(app, ["generate", str(tmp_path / "b"), "-t", "2.0", "--temperature", "0", "-o", str(out)])
+    assert res.exit_code != 0 and "--temperature must be a finite number > 0" in res.output

@@ -16,6 +16,11 @@ def generate(
     n: Annotated[int, typer.Option("--n", "-n", help="Number of fingerprints to sample.")] = 1000,
     seed: Annotated[Optional[int], typer.Option(help="Seed (the same seed gives the same samples).")] = None,
     delta: Annotated[float, typer.Option(help="Half-width of the on-target window in the summary.")] = 0.1,
+    temperature: Annotated[
+        Optional[float],
+        typer.Option(help="Sampling temperature of models that have one (cvae: scales the latent noise; "
+                     "below 1: closer to the target, less diverse). Default: the model's."),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -26,6 +31,8 @@ def generate(
         error(f"--n must be >= 1, got {n}")
     if delta <= 0:
         error(f"--delta must be > 0, got {delta}")
+    if temperature is not None and not (0 < temperature < float("inf")):
+        error(f"--temperature must be a finite number > 0, got {temperature}")
 
     import warnings
 
@@ -39,9 +46,17 @@ def generate(
     b = load_bundle(bundle)
     if hasattr(b.generator, "to"):  # plugin models need not support devices
         b.generator.to(device)
+    extra = {}
+    if temperature is not None:
+        import inspect
+
+        if "temperature" not in inspect.signature(b.generator.sample).parameters:
+            error(f"--temperature: the {getattr(b.generator, 'name', 'bundle')!r} model has no sampling temperature; "
+                  "leave the option out")
+        extra["temperature"] = temperature
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TargetOutOfRangeWarning)
-        R = b.generator.sample(target, n, seed=seed)
+        R = b.generator.sample(target, n, seed=seed, **extra)
     for w in caught:
         if issubclass(w.category, TargetOutOfRangeWarning):
             typer.secho(f"warning: {w.message}", err=True, fg="yellow")

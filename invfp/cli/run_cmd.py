@@ -34,14 +34,14 @@ def _csv(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-def _parse_options(pairs: list[str]) -> dict[str, Any]:
+def _parse_options(pairs: list[str], flag: str = "--opt", example: str = "restarts=16") -> dict[str, Any]:
     from invfp.errors import ConfigError
 
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--opt {pair!r}: write KEY=VALUE, e.g. --opt restarts=16")
+            raise ConfigError(f"{flag} {pair!r}: write KEY=VALUE, e.g. {flag} {example}")
         try:
             out[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
@@ -93,6 +93,9 @@ def run(
     ),
     epochs: int = typer.Option(None, "--epochs", help="Training epochs of both models (default: the models').", min=1),
     chunk: int = typer.Option(25, "--chunk", help="Samples per reconstruction batch and per committed chunk.", min=1),
+    model_opt: list[str] = typer.Option(
+        [], "--model-opt", help="Generative model parameter KEY=VALUE (repeatable), e.g. --model-opt prior=conditional."
+    ),
     prescreen: int = typer.Option(
         10, "--prescreen", help="Draw K x the samples and reconstruct those the surrogate puts closest to the "
         "target (0: reconstruct every draw).", min=0,
@@ -162,6 +165,10 @@ def run(
     n = int(n or settings["n"])
     opt_options = {**settings["optimizer_options"], **_parse_options(opt)}
     invfp.get_optimizer(optimizer, **opt_options)  # bad --opt values fail now, not after training
+    model_options = _parse_options(model_opt, "--model-opt", "prior=conditional")
+    if "epochs" in model_options:
+        error("--model-opt epochs=...: use --epochs (it sets both models' epochs)")
+    invfp.get_model(model, **model_options)  # bad --model-opt values fail now too
 
     # 1. data and fingerprints
     builtin = data in BUILTIN
@@ -200,7 +207,8 @@ def run(
         out.print(f"[bold yellow]warning:[/] {message}", highlight=False)
 
     # 2. the run directory (refuses a different run before any training)
-    model_params = {} if (epochs or settings["epochs"]) is None else {"epochs": int(epochs or settings["epochs"])}
+    epoch_params = {} if (epochs or settings["epochs"]) is None else {"epochs": int(epochs or settings["epochs"])}
+    model_params = {**model_options, **epoch_params}
     oracle_validator = None if oracle.lower() == "none" else EnergyValidator(calculator=oracle, tolerance=window)
     filter_objects = [invfp.get_validator(name) for name in filters]
     config = {
@@ -210,7 +218,7 @@ def run(
         "units": units,
         "representation": rep.get_config(),
         "model": {"name": model, **model_params},
-        "surrogate": model_params,
+        "surrogate": epoch_params,
         "train_size": int(size),
         "seed": int(seed),
         "optimizer": {"name": optimizer, **opt_options},
@@ -230,7 +238,7 @@ def run(
         t0 = time.perf_counter()
         bundle, reused = train_or_load(
             R_train, y_train, representation=rep, model=model, model_params=model_params,
-            surrogate_params=model_params, property_name=property_name, units=units, seed=seed,
+            surrogate_params=epoch_params, property_name=property_name, units=units, seed=seed,
             processes=2 if executor == "local" and (workers or usable_cores()) >= 2 else 1,
             data_summary={"source": data, "hash": data_hash, "train_size": int(size)},
             progress=True, device=dev,
