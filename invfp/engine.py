@@ -146,18 +146,21 @@ def train_or_load(
     return bundle, False
 
 
-def _fit_surrogate_in_process(
-    params: dict[str, Any], R: np.ndarray, y: np.ndarray, seed: int, directory: str, parent_pid: int
-) -> None:
+def _init_training_process(parent_pid: int) -> None:
     import signal
 
-    import torch
-
     from invfp.executors import die_with_parent
-    from invfp.models.surrogate import Surrogate
 
+    # Before the task arrives: a parent killed while we start must not leave us waiting for it.
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+
+
+def _fit_surrogate_in_process(params: dict[str, Any], R: np.ndarray, y: np.ndarray, seed: int, directory: str) -> None:
+    import torch
+
+    from invfp.models.surrogate import Surrogate
+
     torch.set_num_threads(1)
     model = Surrogate(**params)
     model.fit(R, y, seed=seed, progress=False, device="cpu")
@@ -175,9 +178,10 @@ def _fit_beside(surrogate: Any, fit_main: Any, R: np.ndarray, y: np.ndarray, see
     from invfp.models.surrogate import Surrogate
 
     with tempfile.TemporaryDirectory(prefix="invfp-surrogate-") as tmp, ProcessPoolExecutor(
-        1, mp_context=multiprocessing.get_context("spawn")
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_training_process,
+        initargs=(os.getpid(),),
     ) as pool:
-        job = pool.submit(_fit_surrogate_in_process, surrogate.params, R, y, seed, tmp, os.getpid())
+        job = pool.submit(_fit_surrogate_in_process, surrogate.params, R, y, seed, tmp)
         try:
             fit_main()
             job.result()
