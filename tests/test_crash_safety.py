@@ -155,6 +155,28 @@ def test_run_killed_in_training_and_mid_chunks_resumes_with_every_file_readable(
     assert (run / "summary.json").exists() and (run / "accepted.extxyz").exists()
 
 
+def test_run_interrupted_by_ctrl_c_says_so_stops_its_workers_and_resumes(pt5, tmp_path):
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    cmd = [sys.executable, "-m", "invfp", "run", "--data", str(pt5), *RUN_ARGS, "--workers", "2", "-o", str(run)]
+    env = _env(cache)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while _count(run / "results.db") < CHUNK and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before Ctrl-C"
+    proc.send_signal(signal.SIGINT)
+    # the worker processes hold the same stderr: communicate() returns once every one has exited
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted; rerun the same command to resume" in err, err
+    partial = _check_run_dir(run, cache)
+    assert CHUNK <= len(partial) < TARGETS * SAMPLES and not (run / "summary.json").exists()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = _check_run_dir(run, cache)
+    assert [r[:2] for r in rows] == [(t, s) for t in range(TARGETS) for s in range(SAMPLES)]
+    assert set(partial) <= set(rows)
+
+
 def test_data_make_killed_twice_keeps_an_intact_database(tmp_path):
     out = tmp_path / "pt10.db"
     n = 4

@@ -64,12 +64,18 @@ def error(message: str, code: int = 2) -> None:
     raise typer.Exit(_print_error(message, code))
 
 
+INTERRUPTED = "interrupted; rerun the same command to resume where possible"
+
+
 def _print_error(message: str, code: int) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    # escape: messages hold literal brackets (`pip install 'invfp[soap]'`) that rich would eat as markup
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
+    # escape: messages hold literal brackets (`pip install 'invfp[soap]'`) that rich would eat as markup.
+    # The real stderr: a progress display interrupted by Ctrl-C can leave sys.stderr redirected
+    # into its (stopped) live console, which would swallow the message.
+    stream = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
+    Console(file=stream, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
     return code
 
 
@@ -92,7 +98,7 @@ def main() -> None:
             raise
         sys.exit(_print_error(str(exc), exc.exit_code))
     except KeyboardInterrupt:
-        sys.exit(_print_error("interrupted; rerun the same command to resume where possible", 130))
+        sys.exit(_print_error(INTERRUPTED, 130))
     except OSError as exc:  # disk full, permissions, a file where a directory should be ...
         if debug:
             raise
@@ -109,4 +115,6 @@ def main() -> None:
                 f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 70
             )
         )
+    if code == 130:  # typer (standalone_mode=False) turns Ctrl-C into this exit code itself
+        sys.exit(_print_error(INTERRUPTED, 130))
     sys.exit(code if isinstance(code, int) else 0)
