@@ -71,11 +71,8 @@ def _print_error(message: str, code: int) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    # escape: messages hold literal brackets (`pip install 'invfp[soap]'`) that rich would eat as markup.
-    # The real stderr: a progress display interrupted by Ctrl-C can leave sys.stderr redirected
-    # into its (stopped) live console, which would swallow the message.
-    stream = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
-    Console(file=stream, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
+    # escape: messages hold literal brackets (`pip install 'invfp[soap]'`) that rich would eat as markup
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
     return code
 
 

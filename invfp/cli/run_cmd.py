@@ -97,8 +97,8 @@ def run(
         [], "--model-opt", help="Generative model parameter KEY=VALUE (repeatable), e.g. --model-opt prior=conditional."
     ),
     prescreen: int = typer.Option(
-        10, "--prescreen", help="Draw K x the samples and reconstruct those the surrogate puts closest to the "
-        "target (0: reconstruct every draw).", min=0,
+        0, "--prescreen", help="Draw K x the samples and reconstruct those the surrogate puts closest to the "
+        "target (0: reconstruct every draw, the default).", min=0,
     ),
     window: float = typer.Option(0.1, "--window", help="Half-width of the 'within' band (property units)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:0 (default: CUDA when available)."),
