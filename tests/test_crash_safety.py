@@ -159,7 +159,10 @@ def test_run_interrupted_by_ctrl_c_says_so_stops_its_workers_and_resumes(pt5, tm
     cache, run = tmp_path / "cache", tmp_path / "run"
     cmd = [sys.executable, "-m", "invfp", "run", "--data", str(pt5), *RUN_ARGS, "--workers", "2", "-o", str(run)]
     env = _env(cache)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored, and children inherit that (CI may
+    # run this way): give the run the default disposition, as a terminal would.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while _count(run / "results.db") < CHUNK and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
