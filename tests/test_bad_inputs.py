@@ -295,7 +295,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
                            "-o", "{o}/run"],
      ["prior", "conditional"]),
     ("run-model-opt-no-value", ["run", "--data", "{d}/good.extxyz", "--model-opt", "prior", "-o", "{o}/run"],
-     ["--model-opt 'prior': write KEY=VALUE"]),
+     ["--model-opt 'prior' is not key=value", "e.g. --model-opt prior=conditional"]),
     ("run-nan-target", ["run", "--data", "{d}/good.extxyz", "--targets", "2,nan", "-o", "{o}/run"],
      ["finite numbers"]),
     ("run-unknown-executor", ["run", "--data", "{d}/good.extxyz", "--executor", "slurm", "-o", "{o}/run"],

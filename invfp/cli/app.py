@@ -6,7 +6,9 @@ Subcommand modules must not import torch at module level: ``invfp --help`` stays
 from __future__ import annotations
 
 import importlib
+import json
 import sys
+from typing import Any
 
 import typer
 
@@ -65,6 +67,30 @@ def error(message: str, code: int = 2) -> None:
 
 
 INTERRUPTED = "interrupted; rerun the same command to resume where possible"
+
+
+def key_values(items: list[str] | None, flag: str, example: str) -> dict[str, Any]:
+    """Repeatable ``KEY=VALUE`` options as a dict.
+
+    Values are JSON where they parse (``r_cut=6.0``, ``'g2_params=[[1, 0]]'``), else
+    strings (``cutoff=polynomial``).
+
+    Raises:
+        ConfigError: an item without ``=`` or without a key, naming ``flag`` and ``example``.
+    """
+    from invfp.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{flag} {item!r} is not key=value (e.g. {flag} {example})")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
 
 
 def _print_error(message: str, code: int) -> int:

@@ -3,28 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
-
-
-def _parse_params(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values are JSON (``r_cut=6.0``, ``'g2_params=[[1, 0]]'``), else strings."""
-    import json
-
-    from invfp.errors import ConfigError
-
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--param {item!r} is not key=value (e.g. --param r_cut=6.0)")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw  # a bare word such as cutoff=polynomial
-    return params
 
 
 def featurize(
@@ -52,13 +33,13 @@ def featurize(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Compute the fingerprint of every frame of FILES and save them as one .npy array."""
-    from invfp.cli.app import error
+    from invfp.cli.app import error, key_values
 
     if dtype not in ("float64", "float32"):
         error(f"--dtype {dtype!r} is not allowed; use float64 or float32")
     if batch_size < 1:
         error("--batch-size must be >= 1")
-    params = _parse_params(param or [])
+    params = key_values(param, "--param", "r_cut=6.0")
     if preset is not None:
         params["preset"] = preset
     if per_atom:

@@ -2,25 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
-
-
-def _key_values(items: list[str] | None, flag: str) -> dict[str, object]:
-    from invfp.errors import ConfigError
-
-    out: dict[str, object] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} r_cut=6")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def _cell(text: str | None) -> object:
@@ -82,6 +66,7 @@ def reconstruct(
     import numpy as np
 
     import invfp
+    from invfp.cli.app import key_values
     from invfp.plugins import create
     from invfp.utils import atomic_write, check_output_path
 
@@ -91,10 +76,10 @@ def reconstruct(
         error(f"--output {str(output)!r}: write .extxyz (or .xyz)")
     check_output_path(output)
     targets = _load_targets(fingerprints)
-    rep_params = _key_values(param, "--param")
+    rep_params = key_values(param, "--param", "r_cut=6.0")
     if preset is not None:
         rep_params["preset"] = preset
-    options = _key_values(option, "--option")
+    options = key_values(option, "--option", "steps=500")
     if restarts is not None:
         options["restarts"] = restarts
     if hops is not None:

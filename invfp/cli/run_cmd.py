@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -32,21 +31,6 @@ TARGET_QUANTILES = (0.1, 0.5, 0.9)
 
 def _csv(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
-
-
-def _parse_options(pairs: list[str], flag: str = "--opt", example: str = "restarts=16") -> dict[str, Any]:
-    from invfp.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{flag} {pair!r}: write KEY=VALUE, e.g. {flag} {example}")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
 
 
 def _check_names(representation: str, model: str, optimizer: str, validators: list[str]) -> None:
@@ -123,7 +107,7 @@ def run(
 
     import numpy as np
 
-    from invfp.cli.app import error
+    from invfp.cli.app import error, key_values
 
     settings = dict(QUICK if quick else FULL)
     filters = _csv(validators)
@@ -163,9 +147,9 @@ def run(
     dev = resolve_device(device)
     out = _console()
     n = int(n or settings["n"])
-    opt_options = {**settings["optimizer_options"], **_parse_options(opt)}
+    opt_options = {**settings["optimizer_options"], **key_values(opt, "--opt", "restarts=16")}
     invfp.get_optimizer(optimizer, **opt_options)  # bad --opt values fail now, not after training
-    model_options = _parse_options(model_opt, "--model-opt", "prior=conditional")
+    model_options = key_values(model_opt, "--model-opt", "prior=conditional")
     if "epochs" in model_options:
         error("--model-opt epochs=...: use --epochs (it sets both models' epochs)")
     invfp.get_model(model, **model_options)  # bad --model-opt values fail now too

@@ -47,16 +47,15 @@ def train(
     holding out 10 % to report its error. Both are saved with the representation's
     configuration as one bundle for `invfp generate` and `invfp score`.
     """
-    from invfp.cli.app import error
-    from invfp.cli.featurize_cmd import _parse_params
+    from invfp.cli.app import error, key_values
 
     for name, value in (("--epochs", epochs), ("--surrogate-epochs", surrogate_epochs), ("--train-size", train_size)):
         if value is not None and value < 1:
             error(f"{name} must be >= 1, got {value}")
-    model_params = _parse_params(param or [])
+    model_params = key_values(param, "--param", "latent=16")
     if epochs is not None:
         model_params["epochs"] = epochs
-    rep_params = _parse_params(repr_param or [])
+    rep_params = key_values(repr_param, "--repr-param", "r_cut=6.0")
     if preset is not None:
         rep_params["preset"] = preset
 
