@@ -146,22 +146,9 @@ def train_or_load(
     return bundle, False
 
 
-def _init_training_process(parent_pid: int) -> None:
-    import signal
-
-    from invfp.executors import die_with_parent
-
-    # Before the task arrives: a parent killed while we start must not leave us waiting for it.
-    die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-
-
 def _fit_surrogate_in_process(params: dict[str, Any], R: np.ndarray, y: np.ndarray, seed: int, directory: str) -> None:
-    import torch
-
     from invfp.models.surrogate import Surrogate
 
-    torch.set_num_threads(1)
     model = Surrogate(**params)
     model.fit(R, y, seed=seed, progress=False, device="cpu")
     model.save(directory)
@@ -169,29 +156,23 @@ def _fit_surrogate_in_process(params: dict[str, Any], R: np.ndarray, y: np.ndarr
 
 def _fit_beside(surrogate: Any, fit_main: Any, R: np.ndarray, y: np.ndarray, seed: int) -> Any:
     """Fit ``surrogate`` in a spawned process while ``fit_main()`` runs here; the fitted surrogate."""
-    import multiprocessing
-    import os
     import tempfile
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
+    from invfp.executors import spawn_pool, stop_pool
     from invfp.models.surrogate import Surrogate
 
-    with tempfile.TemporaryDirectory(prefix="invfp-surrogate-") as tmp, ProcessPoolExecutor(
-        1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_training_process,
-        initargs=(os.getpid(),),
-    ) as pool:
-        job = pool.submit(_fit_surrogate_in_process, surrogate.params, R, y, seed, tmp)
+    with tempfile.TemporaryDirectory(prefix="invfp-surrogate-") as tmp:
+        pool = spawn_pool(1)
         try:
+            job = pool.submit(_fit_surrogate_in_process, surrogate.params, R, y, seed, tmp)
             fit_main()
             job.result()
         except BrokenProcessPool as exc:
             raise InvfpError("the process training the surrogate died (out of memory, or killed); rerun") from exc
-        except BaseException:
-            # Ctrl-C or a failure here: do not leave the other training running.
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.terminate()
-            raise
+        finally:
+            # on Ctrl-C or a failure here the other training must not go on; after success it has ended
+            stop_pool(pool)
         return Surrogate.load(tmp)
 
 

@@ -37,7 +37,7 @@ from invfp.errors import ConfigError, InvfpError, OptionalDependencyError
 
 __all__ = [
     "EXECUTORS", "DaskExecutor", "Executor", "LocalExecutor", "check_executor_options", "create_executor",
-    "die_with_parent", "usable_cores",
+    "spawn_pool", "stop_pool", "usable_cores",
 ]
 
 S = TypeVar("S")
@@ -106,10 +106,8 @@ class LocalExecutor(Executor):
             for item in items:
                 yield item, fn(shared, item)
             return
-        import multiprocessing
-        import os
         import pickle
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, wait
 
         try:
             blob = pickle.dumps((fn, shared), protocol=pickle.HIGHEST_PROTOCOL)
@@ -118,10 +116,7 @@ class LocalExecutor(Executor):
                 f"the local executor with workers > 1 sends the function and the shared object to other processes, "
                 f"but they do not pickle ({exc}); use module-level functions (no lambdas), or workers=1"
             ) from exc
-        self._pool = ProcessPoolExecutor(
-            max_workers=min(self.workers, len(items)), mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_process, initargs=(blob, self.torch_threads, os.getpid()),
-        )
+        self._pool = spawn_pool(min(self.workers, len(items)), torch_threads=self.torch_threads, state=blob)
         futures = {self._pool.submit(_run_in_process, item): index for index, item in enumerate(items)}
         try:
             pending = set(futures)
@@ -136,18 +131,41 @@ class LocalExecutor(Executor):
     def close(self) -> None:
         """Stop the worker processes (at once: an unfinished item is abandoned, not awaited)."""
         pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            stop_pool(pool)
+
+
+def spawn_pool(workers: int, *, torch_threads: int = 1, state: bytes | None = None) -> Any:
+    """A ``ProcessPoolExecutor`` of ``workers`` spawned processes that behave as invfp's workers must.
+
+    Each worker, before it takes any task: dies with this process (even by SIGKILL),
+    ignores Ctrl-C (this process handles it and stops them with :func:`stop_pool`),
+    runs ``torch_threads`` torch threads and, given a pickled ``state`` ``(fn, shared)``,
+    keeps it for :func:`_run_in_process`. Spawn, not fork: a forked torch with live
+    OpenMP threads can hang.
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_process, initargs=(os.getpid(), torch_threads, state),
+    )
+
+
+def stop_pool(pool: Any) -> None:
+    """Terminate the workers of :func:`spawn_pool` at once (unfinished tasks are abandoned)."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 _PROCESS_STATE: dict[str, Any] = {}
-"""In a worker process of :class:`LocalExecutor`: the function and the shared object."""
+"""In a worker process of :func:`spawn_pool`: the function and the shared object."""
 
 
-def die_with_parent(parent_pid: int) -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """In a worker process: exit when the process ``parent_pid`` dies (even by SIGKILL).
 
     A killed run must not leave orphans computing (and holding its terminal's pipes);
@@ -178,16 +196,18 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _init_process(blob: bytes, torch_threads: int, parent_pid: int) -> None:
+def _init_process(parent_pid: int, torch_threads: int, state: bytes | None) -> None:
     import pickle
     import signal
 
-    die_with_parent(parent_pid)
+    # First: a parent killed while we start must not leave us waiting for a task.
+    _die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group; the parent handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_threads(torch_threads)
-    fn, shared = pickle.loads(blob)
-    _PROCESS_STATE.update(fn=fn, shared=shared)
+    if state is not None:
+        fn, shared = pickle.loads(state)
+        _PROCESS_STATE.update(fn=fn, shared=shared)
 
 
 def _run_in_process(item: Any) -> Any:

@@ -145,6 +145,9 @@ def run(
 
     started = time.perf_counter()
     dev = resolve_device(device)
+    if executor == "local" and workers is None:
+        # One chunk keeps one core busy: use every core, but one process on a GPU.
+        workers = usable_cores() if dev.type == "cpu" else 1
     out = _console()
     n = int(n or settings["n"])
     opt_options = {**settings["optimizer_options"], **key_values(opt, "--opt", "restarts=16")}
@@ -223,7 +226,7 @@ def run(
         bundle, reused = train_or_load(
             R_train, y_train, representation=rep, model=model, model_params=model_params,
             surrogate_params=epoch_params, property_name=property_name, units=units, seed=seed,
-            processes=2 if executor == "local" and (workers or usable_cores()) >= 2 else 1,
+            processes=2 if executor == "local" and workers >= 2 else 1,
             data_summary={"source": data, "hash": data_hash, "train_size": int(size)},
             progress=True, device=dev,
         )
@@ -263,9 +266,6 @@ def run(
         out.print(target_note, highlight=False)
 
         # 5. generate → reconstruct → validate, chunk by chunk (where: --executor; only we write the store)
-        if executor == "local" and workers is None:
-            # One chunk keeps one core busy: use every core, but one process on a GPU.
-            workers = usable_cores() if dev.type == "cpu" else 1
         with create_executor(executor, scheduler=scheduler, workers=workers) as runner, warnings.catch_warnings():
             # Out-of-range targets were reported once above; the model would repeat it per chunk.
             warnings.simplefilter("ignore", TargetOutOfRangeWarning)
