@@ -543,7 +543,7 @@ class ACSF(Representation):
             "pairs": (iu, ju),
             "targets": [iu * n_el + channel[ju], ju * n_el + channel[iu]],
             "triplets": (jj, kk),
-            "pair_onehot": _pair_onehot(channel, jj, kk, n_el, self._layout, dtype),
+            "pair_onehot": _pair_onehot(channel[jj], channel[kk], n_el, self._layout, dtype),
         }
         if len(self._plans) >= 32:
             self._plans.clear()
@@ -576,12 +576,8 @@ class ACSF(Representation):
 
             disp_n = torch.gather(disp, 2, order[..., None].expand(b, n, kmax, 3))
             j, k = torch.triu_indices(kmax, kmax, 1, device=disp.device)
-            pair_onehot = None
-            if n_el > 1:
-                col = channel.expand(b, n, m).gather(2, order)  # [B, N, kmax] element channel
-                lookup = torch.tensor(_pair_map(n_el, self._layout), dtype=torch.long, device=disp.device)
-                pairs = lookup[col[..., j], col[..., k]]
-                pair_onehot = torch.nn.functional.one_hot(pairs, n_el * (n_el + 1) // 2).to(disp.dtype)
+            col = channel.expand(b, n, m).gather(2, order)  # [B, N, kmax] element channel
+            pair_onehot = _pair_onehot(col[..., j], col[..., k], n_el, self._layout, disp.dtype)
             angular = self._angular(
                 disp_n, take(r2), take(r), take(inside), take(fc), j.expand(n, -1), k.expand(n, -1), pair_onehot
             )
@@ -806,13 +802,16 @@ def _cluster_triplets(n: int, device: torch.device) -> tuple[torch.Tensor, torch
 
 
 def _pair_onehot(
-    channel: torch.Tensor, jj: torch.Tensor, kk: torch.Tensor, n_el: int, layout: str, dtype: torch.dtype
+    ch_j: torch.Tensor, ch_k: torch.Tensor, n_el: int, layout: str, dtype: torch.dtype
 ) -> torch.Tensor | None:
-    """``[N, K, Q]`` one-hot element pair of each neighbour pair; ``None`` for one element."""
+    """One-hot element pair ``[..., Q]`` of neighbour pairs whose element channels are ``ch_j``, ``ch_k``.
+
+    ``None`` for one element (every pair is the same pair).
+    """
     if n_el == 1:
         return None
-    lookup = torch.tensor(_pair_map(n_el, layout), dtype=torch.long, device=channel.device)
-    pairs = lookup[channel[jj], channel[kk]]
+    lookup = torch.tensor(_pair_map(n_el, layout), dtype=torch.long, device=ch_j.device)
+    pairs = lookup[ch_j, ch_k]
     return torch.nn.functional.one_hot(pairs, n_el * (n_el + 1) // 2).to(dtype)
 
 
