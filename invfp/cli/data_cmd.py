@@ -94,7 +94,7 @@ def info(
     from collections import Counter
 
     from invfp.data import BUILTIN, load, read_frames, text_histogram
-    from invfp.data.datasets import UNITS, property_values, select_formula
+    from invfp.data.datasets import UNITS, check_finite_property, property_values, select_formula
 
     if source in BUILTIN and not Path(source).exists():
         frames = load(source, property=property, progress=True).atoms
@@ -104,14 +104,7 @@ def info(
     if formula is not None:
         frames = select_formula(frames, formula, source)
     y = property_values(frames, property, source)
-    bad = [i for i, value in enumerate(y) if not abs(value) < float("inf")]
-    if bad:
-        from invfp.errors import DataError
-
-        raise DataError(
-            f"{len(bad)} frames of {source} have a non-finite {property!r} (NaN or inf; first: frame {bad[0]}); "
-            "remove those frames or fix their values"
-        )
+    check_finite_property(y, property, source)
     units = UNITS.get(property, "")
     typer.echo(f"{source}: {sum(counts.values())} frames")
     typer.echo("compositions: " + ", ".join(f"{f} ({n})" for f, n in counts.most_common()))

@@ -85,12 +85,7 @@ class Dataset:
             raise DataError(f"no structures in {source or 'the data set'}")
         if len(self.y) != len(self.atoms):
             raise DataError(f"{len(self.atoms)} structures but {len(self.y)} property values")
-        if not np.all(np.isfinite(self.y)):
-            bad = np.flatnonzero(~np.isfinite(self.y))
-            raise DataError(
-                f"{len(bad)} frames of {source or 'the data set'} have a non-finite {property!r} (NaN or inf; "
-                f"first: frame {bad[0]}); remove those frames or fix their values"
-            )
+        check_finite_property(self.y, property, source or "the data set")
         first = self.atoms[0].numbers
         for i, frame in enumerate(self.atoms):
             if not np.array_equal(frame.numbers, first):
@@ -345,6 +340,16 @@ def property_values(frames: Sequence[ase.Atoms], key: str, source: str = "") -> 
             f"keys every frame has: {', '.join(keys) if keys else 'none'}"
         )
     return values
+
+
+def check_finite_property(y: np.ndarray, key: str, source: str) -> None:
+    """Raise DataError naming how many frames (and the first) have a NaN or infinite ``key``."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(y, dtype=float)))
+    if bad.size:
+        raise DataError(
+            f"{len(bad)} frames of {source} have a non-finite {key!r} (NaN or inf; first: frame {bad[0]}); "
+            "remove those frames or fix their values"
+        )
 
 
 def _lookup(frame: ase.Atoms, key: str) -> Any:
