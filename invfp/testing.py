@@ -250,6 +250,29 @@ def check_model(model: Any, *, directory: Any = None, n: int = 96, dim: int = 12
     return report
 
 
+def random_pt5_clusters(n: int, *, seed: int = 0) -> list[ase.Atoms]:
+    """``n`` random Pt5 clusters (uniform in a 5 Å box, pairs at least 2.2 Å apart) in a 20 Å cell.
+
+    Each carries its EMT formation energy (eV/atom) in ``info["formation_energy"]``, the
+    definition of :mod:`invfp.data`: seconds-fast labelled data for tests of training and runs.
+    """
+    import ase
+
+    from invfp.validators.builtin import EnergyValidator
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    while len(frames) < n:
+        positions = rng.uniform(-2.5, 2.5, (5, 3))
+        distances = np.linalg.norm(positions[:, None] - positions[None], axis=-1)[np.triu_indices(5, 1)]
+        if distances.min() > 2.2:
+            frames.append(ase.Atoms("Pt5", positions=positions + 10.0, cell=[20.0] * 3))
+    oracle = EnergyValidator()
+    for atoms in frames:
+        atoms.info["formation_energy"] = oracle.true_property(atoms, "formation_energy")
+    return frames
+
+
 def tiny_pipeline(*, seed: int = 0, n_data: int = 60, epochs: int = 40) -> tuple[Any, np.ndarray, np.ndarray]:
     """A complete, seconds-fast :class:`~invfp.engine.Pipeline` for tests of runs, executors and reports.
 
@@ -262,22 +285,12 @@ def tiny_pipeline(*, seed: int = 0, n_data: int = 60, epochs: int = 40) -> tuple
         ``(pipeline, R, y)``: the pipeline and its training data (fingerprints, formation
         energies in eV/atom).
     """
-    import ase
-
     from invfp import get_representation
     from invfp.engine import Pipeline
     from invfp.models.cvae import CVAE
-    from invfp.validators.builtin import EnergyValidator
 
-    rng = np.random.default_rng(seed)
-    frames = []
-    while len(frames) < n_data:
-        positions = rng.uniform(-2.5, 2.5, (5, 3))
-        distances = np.linalg.norm(positions[:, None] - positions[None], axis=-1)[np.triu_indices(5, 1)]
-        if distances.min() > 2.2:
-            frames.append(ase.Atoms("Pt5", positions=positions + 10.0, cell=[20.0] * 3))
-    oracle = EnergyValidator()
-    y = np.array([oracle.true_property(atoms, "formation_energy") for atoms in frames])
+    frames = random_pt5_clusters(n_data, seed=seed)
+    y = np.array([atoms.info["formation_energy"] for atoms in frames])
     rep = get_representation(
         "acsf", species=["Pt"], r_cut=6.0,
         g2_params=[[0.5, 2.0], [0.5, 3.0], [0.5, 4.0], [1.0, 2.5]], g5_params=[[0.1, 1.0, 1.0], [0.1, 1.0, -1.0]],

@@ -24,13 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ase import Atoms
-from ase.build import bulk
-from ase.calculators.emt import EMT
 from ase.io import read, write
 
 from invfp.models.io import load_bundle
 from invfp.results import FILES
+from invfp.testing import random_pt5_clusters
 
 TARGETS, SAMPLES, CHUNK = 2, 6, 2
 RUN_ARGS = [
@@ -47,21 +45,8 @@ def _env(cache: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def pt5(tmp_path_factory) -> Path:
     """40 random Pt5 clusters with their EMT formation energy."""
-    ref = bulk("Pt", "fcc", a=3.92)
-    ref.calc = EMT()
-    e_bulk = ref.get_potential_energy() / len(ref)
-    rng = np.random.default_rng(1)
-    frames = []
-    while len(frames) < 40:
-        pos = rng.uniform(-2.5, 2.5, (5, 3))
-        if np.linalg.norm(pos[:, None] - pos[None], axis=-1)[np.triu_indices(5, 1)].min() > 2.2:
-            atoms = Atoms("Pt5", positions=pos + 10.0, cell=[20.0] * 3)
-            atoms.calc = EMT()
-            atoms.info["formation_energy"] = (atoms.get_potential_energy() - 5 * e_bulk) / 5
-            atoms.calc = None
-            frames.append(atoms)
     path = tmp_path_factory.mktemp("data") / "pt5.extxyz"
-    write(path, frames)
+    write(path, random_pt5_clusters(40, seed=1))
     return path
 
 

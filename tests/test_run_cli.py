@@ -18,6 +18,8 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import read, write
 
+from invfp.testing import random_pt5_clusters
+
 # Tiny settings: 40 Pt5 clusters, 2 targets × 6 samples in chunks of 2, a short search.
 TINY = [
     "--quick", "--train-size", "40", "--epochs", "20", "--n", "6", "--chunk", "2", "--targets", "2.0,2.6",
@@ -37,16 +39,8 @@ def _formation(atoms: Atoms) -> float:
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """40 random Pt5 clusters with their EMT formation energy (about 1.3-4.9 eV/atom)."""
-    rng = np.random.default_rng(0)
-    frames = []
-    while len(frames) < 40:
-        pos = rng.uniform(-2.5, 2.5, (5, 3))
-        if np.linalg.norm(pos[:, None] - pos[None], axis=-1)[np.triu_indices(5, 1)].min() > 2.2:
-            atoms = Atoms("Pt5", positions=pos + 10.0, cell=[20.0] * 3)
-            atoms.info["formation_energy"] = _formation(atoms)
-            frames.append(atoms)
     path = tmp_path_factory.mktemp("data") / "pt5.extxyz"
-    write(path, frames)
+    write(path, random_pt5_clusters(40, seed=0))
     return path
 
 
