@@ -39,8 +39,8 @@ def score(
     b = load_bundle(bundle)
     if R.ndim == 1:
         R = R[None]
-    if not np.issubdtype(R.dtype, np.number) or R.ndim != 2 or R.shape[0] == 0:
-        raise InputError(f"{fingerprints} holds an array of shape {R.shape} and dtype {R.dtype}; expected [n, D] numbers")
+    if R.ndim != 2 or R.shape[0] == 0:  # read_npy has already refused anything but real numbers
+        raise InputError(f"{fingerprints} holds an array of shape {R.shape}; expected [n, D] numbers")
     pred = b.surrogate.predict(R)
     if output is not None:
         from invfp.cli.generate_cmd import _save
