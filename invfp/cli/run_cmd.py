@@ -241,6 +241,8 @@ def run(
             rep, bundle.generator, numbers=dataset.numbers, cell=dataset.cell, pbc=dataset.pbc,
             surrogate=bundle.surrogate, optimizer=optimizer, optimizer_options=opt_options, filters=filter_objects,
             oracle=oracle_validator, property_name=property_name, window=window, loss_threshold=loss_threshold,
+            # Scaled, not raw as in `invfp reconstruct`: the default run measured 90/96/24 % within
+            # ±0.1 (low/middle/high) this way against 58/96/25 % with raw features.
             feature_scale=auto_feature_scale(R_train), device=dev, prescreen=prescreen,
         )
 
