@@ -159,18 +159,24 @@ def _fit_beside(surrogate: Any, fit_main: Any, R: np.ndarray, y: np.ndarray, see
     import tempfile
     from concurrent.futures.process import BrokenProcessPool
 
+    import torch
+
     from invfp.executors import spawn_pool, stop_pool
     from invfp.models.surrogate import Surrogate
 
+    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="invfp-surrogate-") as tmp:
         pool = spawn_pool(1)
         try:
             job = pool.submit(_fit_surrogate_in_process, surrogate.params, R, y, seed, tmp)
+            # One core each: torch threads here would spin against the other training.
+            torch.set_num_threads(1)
             fit_main()
             job.result()
         except BrokenProcessPool as exc:
             raise InvfpError("the process training the surrogate died (out of memory, or killed); rerun") from exc
         finally:
+            torch.set_num_threads(threads)
             # on Ctrl-C or a failure here the other training must not go on; after success it has ended
             stop_pool(pool)
         return Surrogate.load(tmp)
