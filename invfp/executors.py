@@ -28,6 +28,7 @@ results store itself, so only the calling process ever writes ``results.db``::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +38,7 @@ from invfp.errors import ConfigError, InvfpError, OptionalDependencyError
 
 __all__ = [
     "EXECUTORS", "DaskExecutor", "Executor", "LocalExecutor", "check_executor_options", "create_executor",
-    "spawn_pool", "stop_pool", "usable_cores",
+    "main_script_hidden", "spawn_pool", "stop_pool", "usable_cores",
 ]
 
 S = TypeVar("S")
@@ -117,7 +118,8 @@ class LocalExecutor(Executor):
                 f"but they do not pickle ({exc}); use module-level functions (no lambdas), or workers=1"
             ) from exc
         self._pool = spawn_pool(min(self.workers, len(items)), torch_threads=self.torch_threads, state=blob)
-        futures = {self._pool.submit(_run_in_process, item): index for index, item in enumerate(items)}
+        with main_script_hidden(blob):  # submit starts the processes
+            futures = {self._pool.submit(_run_in_process, item): index for index, item in enumerate(items)}
         try:
             pending = set(futures)
             while pending:
@@ -152,6 +154,36 @@ def spawn_pool(workers: int, *, torch_threads: int = 1, state: bytes | None = No
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_process, initargs=(os.getpid(), torch_threads, state),
     )
+
+
+@contextlib.contextmanager
+def main_script_hidden(payload: bytes = b"") -> Iterator[None]:
+    """While processes are spawned: keep them from re-running the caller's script.
+
+    A spawned process first re-imports the parent's ``__main__`` script, so a script
+    without an ``if __name__ == "__main__":`` guard would run again in every worker (and
+    fail there as soon as it starts workers itself). Workers need that import only to
+    unpickle things defined in the script; when the pickled ``payload`` names nothing
+    from ``__main__``, the script's path is hidden from multiprocessing while processes
+    start, and unguarded scripts and notebooks work.
+    """
+    import sys
+
+    main = sys.modules.get("__main__")
+    missing = object()
+    path, spec = getattr(main, "__file__", missing), getattr(main, "__spec__", None)
+    if main is None or (path is missing and spec is None) or b"__main__" in payload:
+        yield
+        return
+    if path is not missing:
+        del main.__file__
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        if path is not missing:
+            main.__file__ = path
+        main.__spec__ = spec
 
 
 def stop_pool(pool: Any) -> None:
