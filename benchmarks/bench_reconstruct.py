@@ -10,7 +10,8 @@
 4. Speed: wall time per Pt10 structure, amortised over the batch of item 1.
 5. Scaling: time and recovery for Pt clusters of 10, 20, 40 and 80 atoms.
 
-Usage (one torch thread; report the load printed at the top)::
+Usage (worker processes of one torch thread, one per core by default: ``--workers N``;
+report the load printed at the top)::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_reconstruct.py                 # everything
     OMP_NUM_THREADS=1 python benchmarks/bench_reconstruct.py --items 1 --n 10
@@ -74,7 +75,9 @@ def item1(args: argparse.Namespace, options: dict) -> None:
     rep = invfp.get_representation("acsf", preset="fung2022")
     targets = rep.featurize(frames)
     start = time.perf_counter()
-    results = invfp.reconstruct(targets, numbers="Pt10", cell=20.0, representation=rep, seed=args.seed, **options)
+    results = invfp.reconstruct(
+        targets, numbers="Pt10", cell=20.0, representation=rep, seed=args.seed, workers=args.workers, **options
+    )
     elapsed = time.perf_counter() - start
     dev = recover(frames, results)
     ok = dev <= 0.1
@@ -88,7 +91,7 @@ def item1(args: argparse.Namespace, options: dict) -> None:
     degenerate = (~ok) & (losses < 1e-3)
     print(f"    degenerate candidates (MAE < 1e-3 but RMSD > 0.1 Å): {int(degenerate.sum())}")
     print(f"[4] speed: {elapsed:.1f} s for {len(frames)} = {elapsed / len(frames):.2f} s per structure "
-          f"(1 torch thread; {load()})")
+          f"({args.workers} worker process(es) of 1 torch thread; {load()})")
 
 
 def item2(args: argparse.Namespace, options: dict) -> None:
@@ -101,7 +104,9 @@ def item2(args: argparse.Namespace, options: dict) -> None:
     targets = np.loadtxt(path, delimiter=",")[: args.released]
     rep = invfp.get_representation("acsf", preset="fung2022")
     start = time.perf_counter()
-    results = invfp.reconstruct(targets, numbers="Pt10", cell=20.0, representation=rep, seed=args.seed, **options)
+    results = invfp.reconstruct(
+        targets, numbers="Pt10", cell=20.0, representation=rep, seed=args.seed, workers=args.workers, **options
+    )
     elapsed = time.perf_counter() - start
     losses = np.array([r.loss for r in results])
     qs = np.percentile(losses, [5, 25, 50, 75, 95])
@@ -209,7 +214,8 @@ def item5(args: argparse.Namespace, options: dict) -> None:
         size_options = {**SCALING_OPTIONS.get(n_atoms, {}), **options}
         start = time.perf_counter()
         results = invfp.reconstruct(
-            targets, numbers=f"Pt{n_atoms}", cell=30.0, representation=rep, seed=args.seed, **size_options
+            targets, numbers=f"Pt{n_atoms}", cell=30.0, representation=rep, seed=args.seed, workers=args.workers,
+            **size_options,
         )
         elapsed = time.perf_counter() - start
         ok = recover(frames, results) <= 0.1
@@ -227,13 +233,20 @@ def main() -> None:
     parser.add_argument("--per-size", type=int, default=2, help="Item 5: structures per size.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--options", default="{}", help="Optimizer options as JSON (default: the defaults).")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="Worker processes of one torch thread (default: one per usable core).")
     args = parser.parse_args()
+    if args.workers is None:
+        from invfp.executors import usable_cores
+
+        args.workers = usable_cores()
 
     import torch
 
     torch.set_num_threads(1)
     options = json.loads(args.options)
-    print(f"bench_reconstruct: torch {torch.__version__}, 1 thread; {load()}")
+    print(f"bench_reconstruct: torch {torch.__version__}, {args.workers} worker process(es) of 1 torch thread; "
+          f"{load()}")
     items = {int(i) for i in args.items.split(",")}
     for number, fn in ((1, item1), (2, item2), (3, item3), (5, item5)):
         if number in items or (number == 1 and 4 in items):

@@ -345,6 +345,7 @@ def reconstruct(
     dtype: Any = None,
     progress: bool = False,
     feature_scale: Any = None,
+    workers: int = 1,
     **options: Any,
 ) -> list[ReconstructionResult]:
     """Find atoms whose fingerprints match ``targets``.
@@ -367,6 +368,12 @@ def reconstruct(
             (raw features: measured best for fung2022, whose large smooth G2 values make
             a smoother landscape), ``"auto"`` (each feature divided by a robust typical
             magnitude from the targets) or ``[D]`` positive numbers given by the caller.
+        workers: CPU worker processes (one torch thread each). With ``workers > 1`` the
+            targets are split into that many contiguous shards, each reconstructed in its
+            own process with a seed derived from ``seed`` and the shard's index: on N
+            cores about N times the throughput of one process. The same seed and the same
+            ``workers`` give the same structures; a different ``workers`` splits the
+            random streams differently. CPU only (a GPU batches every target already).
         **options: parameters of the optimizer (``restarts``, ``hops``, ...); only
             with an optimizer given by name.
 
@@ -379,11 +386,10 @@ def reconstruct(
         ConfigError: bad optimizer parameters, dtype, device or feature scale.
         UnknownComponentError: an unknown representation or optimizer name.
     """
-    import torch
 
     from invfp.plugins import create
     from invfp.representations.base import Representation
-    from invfp.utils import make_generator, progress_bar, resolve_device
+    from invfp.utils import progress_bar, resolve_device
 
     arr = _as_targets(targets)
     z = parse_numbers(numbers)
@@ -394,6 +400,13 @@ def reconstruct(
     _check_fit(z, cell_arr, pbc_t)
     dtype = _dtype(dtype)
     dev = resolve_device(device)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    if workers > 1 and dev.type != "cpu":
+        raise ConfigError(
+            f"workers={workers} runs CPU processes, but the device is {dev}; use workers=1 on a GPU "
+            "(it batches every target at once) or device='cpu'"
+        )
 
     rep = create("representation", representation)
     if not isinstance(rep, Representation):
@@ -421,22 +434,82 @@ def reconstruct(
     scale = _feature_scale(feature_scale, arr)
 
     rep = rep.to(device=dev, dtype=dtype)
-    problem = ReconstructionProblem(
-        representation=rep,
-        targets=torch.as_tensor(arr, device=dev, dtype=dtype),
-        numbers=torch.as_tensor(z, device=dev, dtype=torch.long),
-        cell=None if cell_arr is None else torch.as_tensor(cell_arr, device=dev, dtype=dtype),
-        pbc=pbc_t,
-        device=dev,
-        dtype=dtype,
-        feature_scale=torch.as_tensor(scale, device=dev, dtype=dtype),
-    )
-    generator = make_generator(seed, dev)
+    job = _Job(rep, opt, arr, z, cell_arr, pbc_t, dev, dtype, scale)
+    shards = min(workers, len(arr))
     with progress_bar(len(arr), "reconstruct", enabled=progress) as advance:
-        results = opt.run(problem, generator=generator, progress=advance)
-    if len(results) != len(arr):
-        raise ConfigError(f"optimizer {opt.name!r} returned {len(results)} results for {len(arr)} targets")
-    return results
+        if shards == 1:
+            return job.solve(0, len(arr), seed, advance)
+        return _sharded(job, shards, seed, advance)
+
+
+@dataclasses.dataclass
+class _Job:
+    """One validated reconstruction call; :meth:`solve` runs rows ``start:stop`` of it."""
+
+    representation: Any
+    optimizer: Any
+    targets: np.ndarray
+    numbers: np.ndarray
+    cell: np.ndarray | None
+    pbc: tuple[bool, bool, bool]
+    device: Any
+    dtype: Any
+    scale: np.ndarray
+
+    def solve(
+        self, start: int, stop: int, seed: int | None, advance: Callable[..., Any] | None = None
+    ) -> list[ReconstructionResult]:
+        import torch
+
+        from invfp.utils import make_generator
+
+        dev, dtype = self.device, self.dtype
+        problem = ReconstructionProblem(
+            representation=self.representation,
+            targets=torch.as_tensor(self.targets[start:stop], device=dev, dtype=dtype),
+            numbers=torch.as_tensor(self.numbers, device=dev, dtype=torch.long),
+            cell=None if self.cell is None else torch.as_tensor(self.cell, device=dev, dtype=dtype),
+            pbc=self.pbc,
+            device=dev,
+            dtype=dtype,
+            feature_scale=torch.as_tensor(self.scale, device=dev, dtype=dtype),
+        )
+        results = self.optimizer.run(problem, generator=make_generator(seed, dev), progress=advance)
+        if len(results) != stop - start:
+            raise ConfigError(
+                f"optimizer {self.optimizer.name!r} returned {len(results)} results for {stop - start} targets"
+            )
+        for result in results:
+            result.target_index += start
+        return results
+
+
+def _solve_shard(job: _Job, item: tuple[int, int, int | None]) -> list[ReconstructionResult]:
+    return job.solve(*item)
+
+
+def _sharded(job: _Job, shards: int, seed: int | None, advance: Callable[..., Any]) -> list[ReconstructionResult]:
+    """Rows split into ``shards`` contiguous parts, each solved in a worker process."""
+    from invfp.executors import LocalExecutor
+
+    clock = timer()
+    bounds = np.linspace(0, len(job.targets), shards + 1).round().astype(int)
+    if seed is None:
+        seeds: list[int | None] = [None] * shards
+    else:
+        states = np.random.SeedSequence(int(seed)).spawn(shards)
+        seeds = [int(s.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)) for s in states]
+    items = [(int(a), int(b), s) for a, b, s in zip(bounds[:-1], bounds[1:], seeds, strict=True)]
+    results: list[ReconstructionResult | None] = [None] * len(job.targets)
+    with LocalExecutor(shards) as executor:
+        for (a, b, _), part in executor.map(_solve_shard, job, items):
+            results[a:b] = part
+            advance(b - a)
+    per_target = clock() / len(job.targets)
+    done = [r for r in results if r is not None]
+    for result in done:
+        result.time = per_target  # amortised over the whole call, as with one process
+    return done
 
 
 def _dtype(dtype: Any) -> torch.dtype:

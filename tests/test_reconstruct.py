@@ -99,6 +99,42 @@ def test_batch_gives_one_result_per_target_in_order(fung, pt4):
     assert rmsd(other, results[1].atoms, allow_reflection=True) < 0.02
 
 
+def test_workers_shard_the_targets_deterministically(fung, pt4):
+    others = []
+    for seed in range(3):
+        other = pt4.copy()
+        other.rattle(0.15, seed=10 + seed)
+        others.append(other)
+    frames = [pt4, *others]
+    targets = fung.featurize(frames)
+    kw = {"numbers": "Pt4", "cell": 20.0, "representation": fung, "seed": 3, **SMALL_ADAM}
+    first = invfp.reconstruct(targets, workers=2, **kw)
+    again = invfp.reconstruct(targets, workers=2, **kw)
+    assert [r.target_index for r in first] == [0, 1, 2, 3]
+    for frame, a, b in zip(frames, first, again, strict=True):
+        np.testing.assert_array_equal(a.atoms.positions, b.atoms.positions)
+        assert rmsd(frame, a.atoms, allow_reflection=True) < 0.02
+    # one target per process at most: three targets with workers=8 use three
+    assert len(invfp.reconstruct(targets[:3], workers=8, **kw)) == 3
+
+
+def test_workers_run_from_an_unguarded_script(fung, pt4, tmp_path):
+    # spawned workers must not re-run a script that has no `if __name__ == "__main__":`
+    np.save(tmp_path / "R.npy", fung.featurize([pt4, pt4]))
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys, numpy as np, invfp\n"
+        f"R = np.load({str(tmp_path / 'R.npy')!r})\n"
+        "rep = invfp.get_representation('acsf', preset='fung2022')\n"
+        "res = invfp.reconstruct(R, numbers='Pt4', cell=20.0, representation=rep, seed=0, workers=2,\n"
+        "                        restarts=2, hops=0, steps=20, refine_steps=0)\n"
+        "print('RESULTS', len(res), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("RESULTS 2") == 1  # printed by the script once, not again by a worker
+
+
 def test_bad_input_gives_clear_errors(fung, pt4):
     target = fung.featurize(pt4)
     kw = {"numbers": "Pt4", "cell": 20.0, "representation": fung}
@@ -121,6 +157,8 @@ def test_bad_input_gives_clear_errors(fung, pt4):
         invfp.reconstruct(target, optimizer=invfp.get_optimizer("lbfgs"), restarts=2, **kw)
     with pytest.raises(ConfigError, match="feature_scale"):
         invfp.reconstruct(target, feature_scale="loud", **kw)
+    with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
+        invfp.reconstruct(target, workers=0, **kw)
 
 
 def test_auto_feature_scale_is_robust():

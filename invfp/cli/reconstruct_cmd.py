@@ -60,6 +60,10 @@ def reconstruct(
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:0 (default: CUDA if available)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
     feature_scale: str = typer.Option("none", "--feature-scale", help="Per-feature loss scaling: none or auto."),
+    workers: int = typer.Option(
+        None, "--workers", help="Single-threaded worker processes, each on a shard of the targets (default: one "
+        "per CPU core, 1 on a GPU). The same seed and --workers give the same structures.", min=1,
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Reconstruct atoms from fingerprints; each frame's info carries its loss (MAE)."""
@@ -85,6 +89,11 @@ def reconstruct(
     if hops is not None:
         options["hops"] = hops
     rep = create("representation", repr_name, **rep_params)
+    if workers is None:
+        from invfp.executors import usable_cores
+        from invfp.utils import resolve_device
+
+        workers = usable_cores() if resolve_device(device).type == "cpu" else 1
     results = invfp.reconstruct(
         targets,
         numbers=formula,
@@ -97,6 +106,7 @@ def reconstruct(
         dtype=dtype,
         progress=not quiet,
         feature_scale=feature_scale,
+        workers=workers,
         **options,
     )
 
