@@ -99,6 +99,18 @@ def test_batch_gives_one_result_per_target_in_order(fung, pt4):
     assert rmsd(other, results[1].atoms, allow_reflection=True) < 0.02
 
 
+def test_polish_hops_finish_a_near_miss(fung, pt4):
+    # A main search cut short (one 30-step descent) stops near the answer; the fine-scale
+    # polish hops that follow it, from the same random stream, finish the job.
+    target = fung.featurize(pt4)
+    kw = {"numbers": "Pt4", "cell": 20.0, "representation": fung, "seed": 0, "restarts": 4, "screen": 0,
+          "hops": 0, "steps": 30, "refine_steps": 0}
+    (cut,) = invfp.reconstruct(target, polish=0, **kw)
+    (polished,) = invfp.reconstruct(target, polish=3, **kw)
+    assert cut.loss > 1e-3
+    assert polished.loss < 0.5 * cut.loss and polished.steps > cut.steps
+
+
 def test_workers_shard_the_targets_deterministically(fung, pt4):
     others = []
     for seed in range(3):

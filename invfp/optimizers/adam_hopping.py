@@ -59,6 +59,13 @@ class AdamHopping(Optimizer):
             "sphere around the cluster's centre that holds all its atoms (a surface/cut move: the misplaced "
             "atom of a trapped member is often far from where it belongs).", check=non_negative_int,
         ),
+        "polish": Param(
+            5, "Fine-scale hops after the main ones, for targets not yet reached: every member restarts from "
+            "its target's best, kicked by `polish_size` and descending from `polish_lr` (some misses lie a "
+            "few tenths of an Å from the answer).", check=non_negative_int,
+        ),
+        "polish_size": Param(0.1, "Standard deviation (Å) of a polish hop's displacement.", check=non_negative),
+        "polish_lr": Param(0.03, "Initial Adam step size (Å) of a polish descent.", check=positive),
         "noise": Param(
             0.03, "Random kick per step (Å) at the start of a descent, cooling to zero with the schedule.",
             check=non_negative,
@@ -109,19 +116,28 @@ class AdamHopping(Optimizer):
         steps = torch.zeros(members, dtype=torch.long, device=dev)
         done = torch.zeros(n_targets, dtype=torch.bool, device=dev)
 
-        for hop in range(p["hops"] + 1):
+        n_rounds = p["hops"] + 1 + p["polish"]
+        for hop in range(n_rounds):
             active = ~done[target_of]
             if not bool(active.any()):
                 break
+            polish = hop > p["hops"]
+            if hop == p["hops"] + 1:
+                # Polish: every member of an unfinished target restarts from its best.
+                best_of = torch.argmin(f_best.view(n_targets, restarts), dim=1)
+                src = torch.arange(n_targets, device=dev) * restarts + best_of
+                x_cur, f_cur = x_best[src[target_of]].clone(), f_best[src[target_of]].clone()
             start = x_cur
             if hop > 0:
-                start = x_cur + p["hop_size"] * torch.randn(x_cur.shape, generator=generator, device=dev, dtype=dt)
-                if p["hop_atoms"] and not problem.periodic:
+                size = p["polish_size"] if polish else p["hop_size"]
+                start = x_cur + size * torch.randn(x_cur.shape, generator=generator, device=dev, dtype=dt)
+                if p["hop_atoms"] and not problem.periodic and not polish:
                     start = _relocate(start, min(p["hop_atoms"], problem.n_atoms), generator)
+            lr = p["polish_lr"] if polish else p["lr"]
             idx = torch.nonzero(active).squeeze(1)
             x_end, f_end, raw_end, used = self._descend(
-                objective, start[idx], target_of[idx], p["steps"], p["lr"], p["lr"] * p["lr_end"],
-                generator=generator, noise=p["noise"],
+                objective, start[idx], target_of[idx], p["steps"], lr, lr * p["lr_end"],
+                generator=generator, noise=0.0 if polish else p["noise"],
             )
             steps[idx] += used
             f_new = torch.full_like(f_cur, math.inf)
@@ -145,7 +161,7 @@ class AdamHopping(Optimizer):
             f_best = torch.where(better, f_new, f_best)
             raw_best = torch.where(better, raw_new, raw_best)
             n_cull = int(p["cull"] * restarts)
-            if n_cull and hop < p["hops"]:
+            if n_cull and hop < n_rounds - 1 and hop != p["hops"]:
                 # Go with the winners: the worst members of each target restart from
                 # copies of the best (the next hop's kick makes the copies diverge).
                 order = torch.argsort(f_cur.view(n_targets, restarts), dim=1, stable=True)
