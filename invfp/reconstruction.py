@@ -386,7 +386,6 @@ def reconstruct(
         ConfigError: bad optimizer parameters, dtype, device or feature scale.
         UnknownComponentError: an unknown representation or optimizer name.
     """
-
     from invfp.plugins import create
     from invfp.representations.base import Representation
     from invfp.utils import progress_bar, resolve_device
