@@ -161,15 +161,14 @@ def _fit_beside(surrogate: Any, fit_main: Any, R: np.ndarray, y: np.ndarray, see
 
     import torch
 
-    from invfp.executors import main_script_hidden, spawn_pool, stop_pool
+    from invfp.executors import spawn_pool, stop_pool
     from invfp.models.surrogate import Surrogate
 
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="invfp-surrogate-") as tmp:
         pool = spawn_pool(1)
         try:
-            with main_script_hidden():
-                job = pool.submit(_fit_surrogate_in_process, surrogate.params, R, y, seed, tmp)
+            job = pool.submit(_fit_surrogate_in_process, surrogate.params, R, y, seed, tmp)
             # One core each: torch threads here would spin against the other training.
             torch.set_num_threads(1)
             fit_main()

@@ -38,7 +38,7 @@ from invfp.errors import ConfigError, InvfpError, OptionalDependencyError
 
 __all__ = [
     "EXECUTORS", "DaskExecutor", "Executor", "LocalExecutor", "check_executor_options", "create_executor",
-    "main_script_hidden", "spawn_pool", "stop_pool", "usable_cores",
+    "spawn_pool", "stop_pool", "usable_cores",
 ]
 
 S = TypeVar("S")
@@ -118,8 +118,7 @@ class LocalExecutor(Executor):
                 f"but they do not pickle ({exc}); use module-level functions (no lambdas), or workers=1"
             ) from exc
         self._pool = spawn_pool(min(self.workers, len(items)), torch_threads=self.torch_threads, state=blob)
-        with main_script_hidden(blob):  # submit starts the processes
-            futures = {self._pool.submit(_run_in_process, item): index for index, item in enumerate(items)}
+        futures = {self._pool.submit(_run_in_process, item): index for index, item in enumerate(items)}
         try:
             pending = set(futures)
             while pending:
@@ -144,20 +143,26 @@ def spawn_pool(workers: int, *, torch_threads: int = 1, state: bytes | None = No
     ignores Ctrl-C (this process handles it and stops them with :func:`stop_pool`),
     runs ``torch_threads`` torch threads and, given a pickled ``state`` ``(fn, shared)``,
     keeps it for :func:`_run_in_process`. Spawn, not fork: a forked torch with live
-    OpenMP threads can hang.
+    OpenMP threads can hang. The caller's script is not re-run in the workers (see
+    :func:`_main_script_hidden`).
     """
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(
+    class WorkerPool(ProcessPoolExecutor):
+        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+            with _main_script_hidden(state or b""):  # submit is where the processes start
+                return super().submit(fn, *args, **kwargs)
+
+    return WorkerPool(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_process, initargs=(os.getpid(), torch_threads, state),
     )
 
 
 @contextlib.contextmanager
-def main_script_hidden(payload: bytes = b"") -> Iterator[None]:
+def _main_script_hidden(payload: bytes) -> Iterator[None]:
     """While processes are spawned: keep them from re-running the caller's script.
 
     A spawned process first re-imports the parent's ``__main__`` script, so a script
