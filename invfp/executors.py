@@ -38,7 +38,7 @@ from invfp.errors import ConfigError, InvfpError, OptionalDependencyError
 
 __all__ = [
     "EXECUTORS", "DaskExecutor", "Executor", "LocalExecutor", "check_executor_options", "create_executor",
-    "spawn_pool", "stop_pool", "usable_cores",
+    "local_workers", "spawn_pool", "stop_pool", "usable_cores",
 ]
 
 S = TypeVar("S")
@@ -430,6 +430,11 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS and Windows have no affinity call
         return max(1, os.cpu_count() or 1)
+
+
+def local_workers(device: Any) -> int:
+    """The default number of local worker processes: one per usable CPU core, one on a GPU."""
+    return usable_cores() if getattr(device, "type", device) == "cpu" else 1
 
 
 def create_executor(name: str = "local", *, scheduler: str | None = None, workers: int | None = None) -> Executor:

@@ -90,10 +90,10 @@ def reconstruct(
         options["hops"] = hops
     rep = create("representation", repr_name, **rep_params)
     if workers is None:
-        from invfp.executors import usable_cores
+        from invfp.executors import local_workers
         from invfp.utils import resolve_device
 
-        workers = usable_cores() if resolve_device(device).type == "cpu" else 1
+        workers = local_workers(resolve_device(device))
     results = invfp.reconstruct(
         targets,
         numbers=formula,

@@ -118,7 +118,7 @@ def run(
     if loss_threshold is not None and not (0 < loss_threshold < float("inf")):
         error(f"--loss-threshold must be a finite number > 0, got {loss_threshold} (leave it out to calibrate one)")
     _check_names(representation, model, optimizer, filters + ([] if oracle.lower() == "none" else ["energy"]))
-    from invfp.executors import check_executor_options, create_executor, usable_cores
+    from invfp.executors import check_executor_options, create_executor, local_workers
 
     check_executor_options(executor, scheduler=scheduler, workers=workers)
     from invfp.utils import check_output_path
@@ -147,7 +147,7 @@ def run(
     dev = resolve_device(device)
     if executor == "local" and workers is None:
         # One chunk keeps one core busy: use every core, but one process on a GPU.
-        workers = usable_cores() if dev.type == "cpu" else 1
+        workers = local_workers(dev)
     out = _console()
     n = int(n or settings["n"])
     opt_options = {**settings["optimizer_options"], **key_values(opt, "--opt", "restarts=16")}
