@@ -72,11 +72,15 @@ class LBFGS(Optimizer):
         active = torch.ones(members, dtype=torch.bool, device=dev)
         stall = torch.zeros(members, dtype=torch.long, device=dev)
 
-        for it in range(p["steps"]):
+        def keep_best() -> None:
+            nonlocal best_f, best_raw, best_x
             improved = f < best_f
             best_f = torch.where(improved, f, best_f)
             best_raw = torch.where(improved, raw, best_raw)
             best_x = torch.where(improved[:, None, None], x, best_x)
+
+        for it in range(p["steps"]):
+            keep_best()
             reached = torch.zeros(n_targets, dtype=torch.bool, device=dev)
             reached.index_put_((target_of,), best_raw < p["tol"], accumulate=True)
             if int((reached & ~done).sum()):
@@ -132,10 +136,7 @@ class LBFGS(Optimizer):
             x[idx] = x_new.view(-1, *shape[1:])
             f[idx], raw[idx], g[idx] = f_new, raw_new, g_new.view(-1, *shape[1:])
 
-        improved = f < best_f
-        best_f = torch.where(improved, f, best_f)
-        best_raw = torch.where(improved, raw, best_raw)
-        best_x = torch.where(improved[:, None, None], x, best_x)
+        keep_best()  # the last iteration's step
         left = int((~done).sum())
         if left:
             advance(left)
