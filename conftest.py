@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,3 +45,18 @@ def clean_plugins():
     plugins.reset()
     yield plugins
     plugins.reset()
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Call invfp's command line in this process: ``run_cli(*args) -> (exit code, stdout, stderr)``."""
+    from invfp.cli.app import main
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["invfp", *args])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        captured = capsys.readouterr()
+        return int(exc.value.code or 0), captured.out, captured.err
+
+    return invoke

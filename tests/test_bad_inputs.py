@@ -113,21 +113,11 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys, tmp_path):
-    """Call ``invfp.cli.app.main`` in this process: returns (exit code, stdout, stderr)."""
-    from invfp.cli.app import main
-
+def cli(run_cli, monkeypatch, tmp_path):
+    """The CLI in this process, with its own cache, run from ``tmp_path``."""
     monkeypatch.setenv("INVFP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["invfp", *args])
-        with pytest.raises(SystemExit) as exc:
-            main()
-        captured = capsys.readouterr()
-        return int(exc.value.code or 0), captured.out, captured.err
-
-    return invoke
+    return run_cli
 
 
 # (id, arguments with {d} = inputs and {o} = an empty output directory, key words of the message)

@@ -168,17 +168,13 @@ def test_missing_dscribe_names_the_extra(monkeypatch):
         invfp.get_representation("soap")
 
 
-def test_cli_names_the_extra_without_dscribe(monkeypatch, capsys, tmp_path):
+def test_cli_names_the_extra_without_dscribe(monkeypatch, run_cli, tmp_path):
     from ase.io import write
-
-    from invfp.cli.app import main
 
     path = tmp_path / "m.extxyz"
     write(path, molecule("CH4"))
     monkeypatch.setitem(sys.modules, "dscribe", None)
     monkeypatch.setitem(sys.modules, "dscribe.descriptors", None)
-    monkeypatch.setattr(sys, "argv", ["invfp", "featurize", str(path), "--repr", "soap", "-o", str(tmp_path / "R.npy")])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    assert exc.value.code != 0
-    assert "pip install 'invfp[soap]'" in capsys.readouterr().err
+    code, _, err = run_cli("featurize", str(path), "--repr", "soap", "-o", str(tmp_path / "R.npy"))
+    assert code != 0
+    assert "pip install 'invfp[soap]'" in err

@@ -17,7 +17,6 @@ import json
 import pathlib
 import pickle
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -123,20 +122,15 @@ def test_loading_never_unpickles(copy, tmp_path, plant, loads):
     assert not marker.exists(), "loading a model directory ran code from a pickle"
 
 
-def test_pickled_bundle_through_the_cli(copy, tmp_path, monkeypatch, capsys):
-    from invfp.cli.app import main
-
+def test_pickled_bundle_through_the_cli(copy, tmp_path, run_cli):
     marker = tmp_path / "code-ran"
     bundle = copy("bundle")
     _pickle_as_weights(bundle / "generator", marker)
     with pytest.raises(ModelLoadError, match="cannot be read as safetensors"):
         io.load_bundle(bundle)
     out = tmp_path / "R.npy"
-    monkeypatch.setattr(sys, "argv", ["invfp", "generate", str(bundle), "--target", "2", "-o", str(out)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    err = capsys.readouterr().err
-    assert exc.value.code == 1 and err.count("\n") == 1 and "cannot be read as safetensors" in err
+    code, _, err = run_cli("generate", str(bundle), "--target", "2", "-o", str(out))
+    assert code == 1 and err.count("\n") == 1 and "cannot be read as safetensors" in err
     assert not marker.exists() and not out.exists()
 
 
