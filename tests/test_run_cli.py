@@ -50,20 +50,10 @@ def cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def cli(cache, monkeypatch, capsys):
-    """Call ``invfp`` in this process: returns (exit code, stdout, stderr)."""
-    from invfp.cli.app import main
-
+def cli(run_cli, cache, monkeypatch):
+    """The CLI in this process, sharing the module's model cache."""
     monkeypatch.setenv("INVFP_CACHE_DIR", str(cache))
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["invfp", *args])
-        with pytest.raises(SystemExit) as exc:
-            main()
-        out = capsys.readouterr()
-        return int(exc.value.code or 0), out.out, out.err
-
-    return invoke
+    return run_cli
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +158,23 @@ def test_target_outside_the_data_range_warns(cli, tiny_data, reference_run, tmp_
     assert summary["warnings"] and summary["targets"][1]["generated"] == 1
 
 
+def test_representation_parameters_reach_the_run(cli, tiny_data, reference_run, tmp_path):
+    args = list(TINY)
+    args[args.index("--n") + 1] = "1"
+    code, _, err = cli("run", "--data", str(tiny_data), *args, "--repr-param", "pooling=mean", "-o", str(tmp_path / "m"))
+    assert code == 0, err
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["representation"]["pooling"] == "mean"
+    assert config["representation"]["preset"] == "fung2022"  # the preset stays; pooling is its free parameter
+    import ase.db
+
+    from invfp.representations.acsf import ACSF
+
+    row = next(ase.db.connect(tmp_path / "m" / "results.db").select())
+    mine = ACSF(preset="fung2022", pooling="mean").featurize([row.toatoms()])[0]
+    assert row.loss == pytest.approx(np.abs(mine - row.data["fingerprint"]).mean(), rel=1e-4)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -178,6 +185,9 @@ def test_target_outside_the_data_range_warns(cli, tiny_data, reference_run, tmp_
         (["--validators", "energy"], "oracle"),
         (["--targets", "2.0,high"], "comma-separated numbers"),
         (["--property", "band_gap"], "band_gap"),
+        (["--repr-param", "r_cut=6"], "--preset none"),
+        (["--repr-param", "pooling=median"], "pooling='median' is not allowed"),
+        (["--repr-param", "pooling"], "is not key=value"),
     ],
 )
 def test_bad_input_is_one_clear_line(cli, tiny_data, tmp_path, args, message):

@@ -48,7 +48,10 @@ def _check_names(representation: str, model: str, optimizer: str, validators: li
 def run(
     output: Path = typer.Option(..., "-o", "--output", help="Run directory (runs/NAME); rerun to resume."),
     representation: str = typer.Option("acsf", "--repr", help="Representation plugin."),
-    preset: str = typer.Option(None, "--preset", help="Representation preset (acsf default: fung2022)."),
+    preset: str = typer.Option(None, "--preset", help="Representation preset (acsf default: fung2022; 'none': no preset, set everything with --repr-param)."),
+    repr_param: list[str] = typer.Option(
+        [], "--repr-param", help="Representation parameter KEY=VALUE (repeatable), e.g. --repr-param pooling=mean."
+    ),
     model: str = typer.Option("cvae", "--model", help="Generative-model plugin."),
     data: str = typer.Option("pt10-emt", "--data", help="Built-in data set name or an ase.db / extxyz file."),
     property_name: str = typer.Option("formation_energy", "--property", help="Property key to condition on."),
@@ -152,6 +155,19 @@ def run(
     n = int(n or settings["n"])
     opt_options = {**settings["optimizer_options"], **key_values(opt, "--opt", "restarts=16")}
     invfp.get_optimizer(optimizer, **opt_options)  # bad --opt values fail now, not after training
+    rep_params = key_values(repr_param, "--repr-param", "pooling=mean")
+    if preset is not None and preset.lower() != "none":
+        rep_params["preset"] = preset
+    elif preset is None and representation == "acsf":
+        rep_params["preset"] = "fung2022"  # the paper's fingerprint; --repr-param pooling=... may still change
+    from invfp.errors import ConfigError
+
+    try:
+        invfp.get_representation(representation, **rep_params)  # bad --repr-param values fail now too
+    except ConfigError as exc:
+        if "preset" not in str(exc):
+            raise
+        error(f"{exc} (here: --preset none)")
     model_options = key_values(model_opt, "--model-opt", "prior=conditional")
     if "epochs" in model_options:
         error("--model-opt epochs=...: use --epochs (it sets both models' epochs)")
@@ -163,9 +179,6 @@ def run(
         data, property=property_name, formula=formula, size=settings["size"] if builtin else "full", progress=True
     )
     units = UNITS.get(property_name, "")
-    rep_params: dict[str, Any] = {}
-    if preset is not None or representation == "acsf":
-        rep_params["preset"] = preset or "fung2022"
     rep = invfp.get_representation(representation, **rep_params)
     R = featurize(dataset, rep, cache=True, progress=True)
     data_hash = dataset.content_hash()
