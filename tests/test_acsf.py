@@ -163,8 +163,9 @@ def test_periodic_batch_of_different_cells_and_home_cell_mode():
 
 
 # -- gradients, invariances, dtypes ------------------------------------------------------
-def test_gradcheck_cluster_positions():
-    rep = ACSF(species=["H", "O"], pooling="maxmin", **dict(PARAMS, r_cut=4.0))
+@pytest.mark.parametrize("pooling", ["maxmin", "maxmin+mean"])
+def test_gradcheck_cluster_positions(pooling):
+    rep = ACSF(species=["H", "O"], pooling=pooling, **dict(PARAMS, r_cut=4.0))
     rng = np.random.default_rng(0)
     pos = torch.as_tensor(rng.uniform(-1.5, 1.5, (2, 4, 3))).requires_grad_(True)
     numbers = [1, 8, 1, 8]
@@ -190,7 +191,7 @@ def test_no_nan_gradient_with_far_atoms_and_fung2022():
     assert torch.isfinite(pos.grad).all()
 
 
-@pytest.mark.parametrize("pooling", ["maxmin", None])
+@pytest.mark.parametrize("pooling", ["maxmin", "maxmin+mean", None])
 def test_conformance_molecule(pooling):
     rep = ACSF(species=MOLECULE_SPECIES, pooling=pooling, **PARAMS)
     testing.check_representation(rep, molecule("CH3CH2OH"))
@@ -253,6 +254,10 @@ def test_dim_pooling_featurize_and_config_roundtrip():
         np.testing.assert_allclose(pooled, np.stack([reduce(per_atom, axis=0)] * 2), rtol=1e-12)
     maxmin = ACSF(species=["O", "H"], **PARAMS).featurize(water)
     np.testing.assert_allclose(maxmin, np.concatenate([per_atom.max(0), per_atom.min(0)]))
+    both = ACSF(species=["O", "H"], pooling="maxmin+mean", **PARAMS)
+    assert both.dim(water.numbers) == 3 * general.dim(water.numbers)
+    np.testing.assert_allclose(both.featurize(water), np.concatenate([maxmin, per_atom.mean(0)]), rtol=1e-12)
+    assert ACSF.fung2022(pooling="maxmin+mean").dim([78] * 10) == 570
 
 
 def test_fung2022_species_default_and_mixed_compositions():

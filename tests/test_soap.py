@@ -41,7 +41,7 @@ def _call(rep: SOAP, atoms: Atoms, pos: torch.Tensor | None = None) -> torch.Ten
     return rep(pos, torch.as_tensor(atoms.numbers), cell=cell, pbc=tuple(bool(p) for p in atoms.pbc))
 
 
-@pytest.mark.parametrize("pooling", ["maxmin", "mean", "sum", None])
+@pytest.mark.parametrize("pooling", ["maxmin", "mean", "sum", "maxmin+mean", None])
 def test_forward_equals_dscribe_create(pooling):
     atoms = _ethanol()
     want = DscribeSOAP(species=[1, 6, 8], **SETTINGS).create(atoms)
@@ -52,6 +52,7 @@ def test_forward_equals_dscribe_create(pooling):
         "maxmin": np.concatenate([want.max(0), want.min(0)]),
         "mean": want.mean(0),
         "sum": want.sum(0),
+        "maxmin+mean": np.concatenate([want.max(0), want.min(0), want.mean(0)]),
     }[pooling]
     dim = rep.dim(atoms.numbers)
     assert got.shape == ((dim,) if pooling else (len(atoms), dim))

@@ -23,7 +23,8 @@ for G5).
 
 Pooling turns the per-atom ``[B, N, F]`` into one vector per structure: ``"maxmin"``
 (the paper's [max over atoms, then min over atoms], ``2F`` values), ``"mean"`` or
-``"sum"`` (``F`` values); ``pooling=None`` returns the per-atom features.
+``"sum"`` (``F`` values), ``"maxmin+mean"`` (both, ``3F``: the mean adds every atom's
+environment, which the energy sums over); ``pooling=None`` returns the per-atom features.
 
 Periodic structures (``periodic=True`` and a ``pbc`` direction set): every periodic
 image within the cutoff is a neighbour, including images of the atom itself, however
@@ -52,7 +53,7 @@ import torch
 
 from invfp.components import Param
 from invfp.errors import ConfigError, InputError
-from invfp.representations.base import Representation
+from invfp.representations.base import POOLINGS, Representation, pool, pooled_width
 
 __all__ = ["ACSF", "FUNG2022"]
 
@@ -204,8 +205,8 @@ class ACSF(Representation):
         "pooling": Param(
             "maxmin",
             "How per-atom features become one vector: maxmin ([max, min] over atoms), mean, sum, "
-            "or None for per-atom output.",
-            choices=("maxmin", "mean", "sum", None),
+            "maxmin+mean (both), or None for per-atom output.",
+            choices=POOLINGS,
         ),
         "cutoff": Param(
             "cosine",
@@ -316,7 +317,7 @@ class ACSF(Representation):
         """Length of the pooled vector (or of the per-atom vector with ``pooling=None``)."""
         n_el = len(self._species_for(numbers))
         per_atom = self.n_radial * n_el + self.n_angular * (n_el * (n_el + 1) // 2)
-        return 2 * per_atom if self.pooling == "maxmin" else per_atom
+        return pooled_width(self.pooling) * per_atom
 
     def forward(
         self,
@@ -352,14 +353,7 @@ class ACSF(Representation):
             chunk = self._cluster_chunk(positions.shape[1], len(species), positions.element_size())
             parts = [self._cluster(part, channel, len(species)) for part in positions.split(chunk)]
             feats = parts[0] if len(parts) == 1 else torch.cat(parts)
-        if self.pooling is None:
-            return feats
-        if self.pooling == "maxmin":
-            # max/min with indices: their backward is a scatter, far cheaper than amax's tie masks
-            return torch.cat([feats.max(dim=1).values, feats.min(dim=1).values], dim=-1)
-        if self.pooling == "mean":
-            return feats.mean(dim=1)
-        return feats.sum(dim=1)
+        return pool(feats, self.pooling)
 
     # -- input handling ---------------------------------------------------------------
     def _check_input(self, positions: Any, numbers: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,34 @@ if TYPE_CHECKING:
     import ase
 
 
+POOLINGS: tuple[str | None, ...] = ("maxmin", "mean", "sum", "maxmin+mean", None)
+"""How per-atom features ``[B, N, F]`` become one vector per structure:
+``"maxmin"`` ([max over atoms, min over atoms], the paper's, ``2F`` values), ``"mean"``
+or ``"sum"`` (``F``), ``"maxmin+mean"`` (both, ``3F``); ``None`` keeps the per-atom features."""
+
+
+def pooled_width(pooling: str | None) -> int:
+    """How many multiples of the per-atom length F a pooling gives (1 for ``None``)."""
+    return {"maxmin": 2, "maxmin+mean": 3}.get(pooling, 1)  # type: ignore[arg-type]
+
+
+def pool(feats: torch.Tensor, pooling: str | None) -> torch.Tensor:
+    """Per-atom features ``[B, N, F]`` pooled as :data:`POOLINGS` describes."""
+    if pooling is None:
+        return feats
+    if pooling in ("maxmin", "maxmin+mean"):
+        # max/min with indices: their backward is a scatter, far cheaper than amax's tie masks
+        parts = [feats.max(dim=1).values, feats.min(dim=1).values]
+        if pooling == "maxmin+mean":
+            parts.append(feats.mean(dim=1))
+        return torch.cat(parts, dim=-1)
+    if pooling == "mean":
+        return feats.mean(dim=1)
+    if pooling == "sum":
+        return feats.sum(dim=1)
+    raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+
+
 class Representation(Component, torch.nn.Module):
     """Base class of representation plugins (see the module docstring)."""
 

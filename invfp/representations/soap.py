@@ -30,9 +30,7 @@ import torch
 
 from invfp.components import Param, non_negative_int, positive, positive_int
 from invfp.errors import ConfigError, InputError, OptionalDependencyError
-from invfp.representations.base import Representation
-
-POOLINGS: tuple[Any, ...] = ("maxmin", "mean", "sum", None)
+from invfp.representations.base import POOLINGS, Representation, pool, pooled_width
 
 
 def _import_soap() -> Any:
@@ -114,7 +112,7 @@ class SOAP(Representation):
     ``l_max``, ``sigma``, ``rbf``, ``weighting``, ``compression``, ``periodic``) plus
     ``pooling`` and ``derivatives``. Per-atom length F is dscribe's
     ``get_number_of_features()``; pooled length is 2F for "maxmin" (max over atoms,
-    then min), F for "mean" and "sum".
+    then min), 3F for "maxmin+mean", F for "mean" and "sum".
 
     Example:
         >>> rep = SOAP(species=["Pt"], r_cut=6.0, n_max=6, l_max=4)
@@ -140,7 +138,7 @@ class SOAP(Representation):
         "periodic": Param(
             None, "Respect periodicity; None: follow the pbc passed with each batch.", choices=(None, True, False)
         ),
-        "pooling": Param("maxmin", "Pooling over atoms: 'maxmin' (max then min), 'mean', 'sum' or None (per atom).",
+        "pooling": Param("maxmin", "Pooling over atoms: 'maxmin' (max then min), 'mean', 'sum', 'maxmin+mean' or None (per atom).",
                          choices=POOLINGS),
         "derivatives": Param("auto", "dscribe's derivative method; 'auto': analytical where dscribe supports it.",
                              choices=("auto", "analytical", "numerical")),
@@ -202,10 +200,10 @@ class SOAP(Representation):
         return descriptor.validate_derivatives_method(self.params["derivatives"], True)
 
     def dim(self, numbers: Sequence[int] | np.ndarray | torch.Tensor) -> int:
-        """Pooled length D (2F for "maxmin", F otherwise) or per-atom F when ``pooling`` is None."""
+        """Pooled length D (2F for "maxmin", 3F for "maxmin+mean", else F) or per-atom F when ``pooling`` is None."""
         nums = numbers.cpu().numpy() if isinstance(numbers, torch.Tensor) else np.asarray(numbers)
         f = int(self._descriptor(nums, bool(self.params["periodic"])).get_number_of_features())
-        return 2 * f if self.pooling == "maxmin" else f
+        return pooled_width(self.pooling) * f
 
     def forward(
         self,
@@ -249,10 +247,4 @@ class SOAP(Representation):
         if not periodic:
             flags = (False, False, False)
         per_atom = _SOAPFunction.apply(positions, self, nums, cells, flags)
-        if self.pooling is None:
-            return per_atom
-        if self.pooling == "maxmin":
-            return torch.cat([per_atom.amax(dim=1), per_atom.amin(dim=1)], dim=-1)
-        if self.pooling == "mean":
-            return per_atom.mean(dim=1)
-        return per_atom.sum(dim=1)
+        return pool(per_atom, self.pooling)
