@@ -62,6 +62,7 @@ def main() -> None:
     print(f"wall time {wall:.0f} s ({'cold cache' if args.cold else 'cache reused where it matched'}); "
           f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}; load average {load_before[0]:.1f} before, "
           f"{load_after[0]:.1f} after, on {os.cpu_count()} cores")
+    print(summary.get("representation_note", ""))
     print(summary.get("threshold_note", ""))
     print(f"{'target':>7} {'gen':>5} {'acc':>5} {'MAE all':>8} {'in all':>7} {'MAE acc':>8} {'in acc':>7}")
 

@@ -95,6 +95,11 @@ def test_run_end_to_end(reference_run):
     rows = _rows(reference_run)
     assert [(t, s) for t, s, _, _ in rows] == [(t, s) for t in range(2) for s in range(6)]
     summary = json.loads((reference_run / "summary.json").read_text())
+    config = json.loads((reference_run / "config.json").read_text())
+    # The run's default fingerprint: the paper's fung2022 values plus their mean over atoms.
+    assert config["representation"]["preset"] == "fung2022"
+    assert config["representation"]["pooling"] == "maxmin+mean"
+    assert summary["representation_note"].startswith("fingerprint: acsf 570 values")  # 3 × 190
     calibration = json.loads((reference_run / "calibration.json").read_text())
     threshold = calibration["threshold"]
     assert threshold == pytest.approx(2.0 * np.quantile(calibration["losses"], 0.9))
