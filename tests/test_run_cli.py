@@ -66,7 +66,20 @@ def reference_run(tiny_data, cache, tmp_path_factory) -> Path:
 
 
 def _command(data: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "invfp", "run", "--data", str(data), *TINY, "-o", str(out)]
+    return [sys.executable, "-X", "faulthandler", "-m", "invfp", "run", "--data", str(data), *TINY, "-o", str(out)]
+
+
+def _run_or_dump(command: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``command``; past ``timeout``, fail with every thread's stack (faulthandler on SIGABRT)."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate()
+        tree = subprocess.run(["ps", "-ef", "--forest"], capture_output=True, text=True).stdout
+        pytest.fail(f"the run did not finish in {timeout} s; its stacks:\n{err[-20000:]}\nprocesses:\n{tree[-5000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def _env(cache: Path) -> dict[str, str]:
@@ -138,7 +151,7 @@ def test_resume_after_kill_9(tiny_data, cache, reference_run, tmp_path):
     partial = _count(out / "results.db")
     assert 0 < partial < ROWS and partial % 2 == 0  # only whole chunks of 2 were committed
 
-    again = subprocess.run(_command(tiny_data, out), env=_env(cache), capture_output=True, text=True, timeout=300)
+    again = _run_or_dump(_command(tiny_data, out), _env(cache), timeout=240)
     assert again.returncode == 0, again.stderr
     assert "already stored" in again.stdout
     resumed, reference = _rows(out), _rows(reference_run)
