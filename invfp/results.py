@@ -158,6 +158,9 @@ class ResultsStore:
         if old != self.config:
             atomic_write_text(self.directory / "config.json", json.dumps(self.config, indent=2, sort_keys=True))
         self.db_path = self.directory / "results.db"
+        # A lock file of ase.db left by a run of an older invfp killed mid-write; ours hold
+        # the directory's flock, so no live run is using it.
+        (self.directory / "results.db.lock").unlink(missing_ok=True)
         if self.db_path.exists() and not _readable_sqlite(self.db_path):
             if not force:
                 self._lock.release()
@@ -190,7 +193,10 @@ class ResultsStore:
     def _connect(self) -> Any:
         import ase.db
 
-        return ase.db.connect(str(self.db_path), type="db", append=True)
+        # No ase lock file: a run killed while writing left results.db.lock behind, and the
+        # rerun waited on it for ever. The directory's flock (released by the kernel even
+        # on kill -9) already keeps other runs out, and SQLite locks its own writes.
+        return ase.db.connect(str(self.db_path), type="db", append=True, use_lock_file=False)
 
     def committed_chunks(self) -> set[tuple[int, int]]:
         """The (target index, chunk) pairs whose rows are in the database."""

@@ -210,3 +210,27 @@ def _assert_whole_relaxations(rows: list[tuple[int, ...]]) -> None:
         by_relaxation.setdefault(relaxation, []).append(step)
     for steps in by_relaxation.values():
         assert sorted(steps) == list(range(len(steps)))
+
+
+def test_a_lock_file_left_by_a_killed_write_does_not_stall_the_next_run(tmp_path):
+    """ase.db's own lock file, left by a run killed mid-write, once made the rerun wait for ever."""
+    import threading
+
+    from ase import Atoms
+
+    from invfp.results import ResultsStore, SampleRecord
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.db.lock").write_text("")  # as a kill -9 inside ase.db's write left it
+    store = ResultsStore(run, {"n": 1})
+    assert not (run / "results.db.lock").exists()
+    (run / "results.db.lock").write_text("")  # and one appearing later is no lock of ours either
+    record = SampleRecord(target_index=0, target=1.0, chunk=0, sample=0, atoms=Atoms("Pt2", [[0, 0, 0], [0, 0, 2.5]]),
+                          loss=0.01)
+    writer = threading.Thread(target=store.write_chunk, args=(0, 0, [record]), daemon=True)
+    writer.start()
+    writer.join(timeout=60)
+    assert not writer.is_alive(), "writing a chunk waited on a stale lock file"
+    assert store.committed_chunks() == {(0, 0)}
+    store.close()
