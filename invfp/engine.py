@@ -167,7 +167,6 @@ def _fit_beside(surrogate: Any, fit_main: Any, R: np.ndarray, y: np.ndarray, see
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="invfp-surrogate-") as tmp:
         pool = spawn_pool(1)
-        job = None
         try:
             job = pool.submit(_fit_surrogate_in_process, surrogate.params, R, y, seed, tmp)
             # One core each: torch threads here would spin against the other training.
@@ -179,7 +178,7 @@ def _fit_beside(surrogate: Any, fit_main: Any, R: np.ndarray, y: np.ndarray, see
         finally:
             torch.set_num_threads(threads)
             # on Ctrl-C or a failure here the other training must not go on; after success it has ended
-            stop_pool(pool, [job] if job is not None else [])
+            stop_pool(pool)
         return Surrogate.load(tmp)
 
 

@@ -127,13 +127,13 @@ class LocalExecutor(Executor):
                     item = items[futures[future]]
                     yield item, _result(future, item)
         finally:
-            self.close(list(futures))
+            self.close()
 
-    def close(self, futures: Sequence[Any] = ()) -> None:
-        """Stop the worker processes: joined when all ``futures`` are done, else terminated at once."""
+    def close(self) -> None:
+        """Stop the worker processes (at once: an unfinished item is abandoned, not awaited)."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            stop_pool(pool, futures)
+            stop_pool(pool)
 
 
 def spawn_pool(workers: int, *, torch_threads: int = 1, state: bytes | None = None) -> Any:
@@ -191,18 +191,10 @@ def _main_script_hidden(payload: bytes) -> Iterator[None]:
         main.__spec__ = spec
 
 
-def stop_pool(pool: Any, futures: Sequence[Any] = ()) -> None:
-    """Shut down the workers of :func:`spawn_pool`.
-
-    When every one of ``futures`` (the pool's submitted tasks) is done, the workers are
-    asked to exit and joined. Otherwise (Ctrl-C, an error) they are terminated at once
-    and unfinished tasks are abandoned. Terminating idle workers after a successful run
-    is avoided: a worker killed while it holds the task queue's lock can leave the
-    pool's shutdown waiting for ever.
-    """
-    if not futures or not all(future.done() for future in futures):
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()
+def stop_pool(pool: Any) -> None:
+    """Terminate the workers of :func:`spawn_pool` at once (unfinished tasks are abandoned)."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
     pool.shutdown(wait=True, cancel_futures=True)
 
 
