@@ -175,7 +175,7 @@ def run(
     from invfp.errors import ConfigError
 
     try:
-        invfp.get_representation(representation, **rep_params)  # bad --repr-param values fail now too
+        rep = invfp.get_representation(representation, **rep_params)  # bad --repr-param values fail now
     except ConfigError as exc:
         if "preset" not in str(exc):
             raise
@@ -191,7 +191,6 @@ def run(
         data, property=property_name, formula=formula, size=settings["size"] if builtin else "full", progress=True
     )
     units = UNITS.get(property_name, "")
-    rep = invfp.get_representation(representation, **rep_params)
     R = featurize(dataset, rep, cache=True, progress=True)
     data_hash = dataset.content_hash()
     size = min(int(train_size or settings["train_size"]), len(dataset))
