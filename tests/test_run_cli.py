@@ -60,7 +60,7 @@ def cli(run_cli, cache, monkeypatch):
 def reference_run(tiny_data, cache, tmp_path_factory) -> Path:
     """An uninterrupted run in a subprocess (it also trains and caches the models)."""
     out = tmp_path_factory.mktemp("runs") / "reference"
-    proc = subprocess.run(_command(tiny_data, out), env=_env(cache), capture_output=True, text=True, timeout=300)
+    proc = _run_or_dump(_command(tiny_data, out), _env(cache), timeout=300)
     assert proc.returncode == 0, proc.stderr
     return out
 
