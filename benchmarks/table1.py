@@ -18,7 +18,7 @@ invfp's configuration: the fingerprint ``invfp run`` uses (``maxmin+mean``, 570 
 property-balanced minibatches, scored at three sampling temperatures from the same
 trained models (``--surrogate-dir`` keeps the surrogate, about 30 min, for later runs)::
 
-    OMP_NUM_THREADS=1 python benchmarks/table1.py --pooling maxmin+mean \
+    OMP_NUM_THREADS=1 python benchmarks/table1.py --pooling maxmin+mean \\
         --cvae-params '{"balance": 1}' --temperature 1,0.7,0.5 --surrogate-dir sur/
 
 Reduced run::
@@ -47,6 +47,17 @@ PAPER = {
 }
 
 
+def _temperatures(text: str) -> list[float]:
+    """``--temperature``: one positive number or several separated by commas."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or comma-separated numbers") from None
+    if not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"temperatures must be positive, got {text!r}")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-size", default="full", choices=("full", "small"), help="built-in Pt10-EMT size")
@@ -64,9 +75,9 @@ def main() -> None:
                         help="load the surrogate from this directory if it holds one, else train it and save it there")
     parser.add_argument("--cvae-params", default="{}",
                         help='extra cVAE parameters as JSON, e.g. \'{"beta": 0.5}\'')
-    parser.add_argument("--pooling", default="maxmin",
+    parser.add_argument("--pooling", default="maxmin", choices=("maxmin", "maxmin+mean", "mean"),
                         help="ACSF pooling: maxmin (the paper's, 380 values) or maxmin+mean (invfp run's default)")
-    parser.add_argument("--temperature", default=None,
+    parser.add_argument("--temperature", default=None, type=_temperatures,
                         help="cVAE sampling temperature, or several separated by commas (one table each, "
                         "from the same trained models; default: the model's)")
     args = parser.parse_args()
@@ -95,6 +106,9 @@ def main() -> None:
     if args.surrogate_dir and os.path.exists(os.path.join(args.surrogate_dir, "config.json")):
         # only valid for the same data size, seed and test fraction it was trained with
         sur = Surrogate.load(args.surrogate_dir, device=args.device)
+        if sur.dimension != R.shape[1]:
+            parser.error(f"the surrogate in {args.surrogate_dir} takes {sur.dimension} features, this "
+                         f"--pooling gives {R.shape[1]}; use another --surrogate-dir")
     else:
         sur = Surrogate(epochs=args.surrogate_epochs, test_fraction=0.0)
         sur.fit(R[pool], y[pool], seed=args.seed, progress=True, device=args.device)
@@ -109,9 +123,7 @@ def main() -> None:
     lo, hi = np.percentile(y, [1, 99])
     targets = np.round(np.linspace(lo, hi, args.targets), 2)
     sizes = [int(s) for s in args.sizes.split(",")]
-    temps: list[float | None] = (
-        [None] if args.temperature is None else [float(v) for v in args.temperature.split(",")]
-    )
+    temps: list[float | None] = [None] if args.temperature is None else list(args.temperature)
     # results[temperature index][n]: one (MAE, % within) per target
     results: list[dict[int, list[tuple[float, float]]]] = [{} for _ in temps]
     for n in sizes:
