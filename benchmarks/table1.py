@@ -143,6 +143,7 @@ def main() -> None:
         print(f"n = {n_used}: cVAE best validation loss {rep['best_val_loss']:.3f} at epoch {rep['best_epoch']}; "
               f"{time.perf_counter() - t:.0f} s")
 
+    comparable = len(targets) == len(PAPER_TARGETS)  # the paper's rows line up with ours by position
     for temp, table in zip(temps, results, strict=True):
         shown = f"{model.params['temperature']:g} (the model's)" if temp is None else f"{temp:g}"
         print(f"\nTable 1: {args.samples} samples per target, sampling temperature {shown}; "
@@ -155,8 +156,7 @@ def main() -> None:
             for n in sizes:
                 mae, pct = table[n][k]
                 paper = PAPER.get(n)
-                ref = (f"{paper[k][0]:5.2f} {paper[k][1]:6.2f}" if paper and len(targets) == len(PAPER_TARGETS)
-                       else f"{'-':>5} {'-':>6}")
+                ref = f"{paper[k][0]:5.2f} {paper[k][1]:6.2f}" if paper and comparable else f"{'-':>5} {'-':>6}"
                 cells.append(f"| {mae:11.3f} {pct:6.2f}   {ref:>14} ")
             print(f"{target:7.2f} " + " ".join(cells))
         for n in sizes:
@@ -164,7 +164,7 @@ def main() -> None:
             paper = PAPER.get(n)
             ref = f"paper {min(p for _, p in paper):.2f}-{max(p for _, p in paper):.2f} %" if paper else "paper: -"
             verdict = ""
-            if paper and len(targets) == len(PAPER_TARGETS):
+            if paper and comparable:
                 below = [f"{targets[k]:.2f}" for k in range(len(targets)) if pcts[k] < paper[k][1]]
                 verdict = "; at or above the paper at every target" if not below else f"; below the paper at {', '.join(below)}"
             print(f"n={n}: {min(pcts):.2f}-{max(pcts):.2f} % within (mean {np.mean(pcts):.2f}); {ref}{verdict}")
