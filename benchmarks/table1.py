@@ -21,6 +21,10 @@ trained models (``--surrogate-dir`` keeps the surrogate, about 30 min, for later
     OMP_NUM_THREADS=1 python benchmarks/table1.py --pooling maxmin+mean \\
         --cvae-params '{"balance": 1}' --temperature 1,0.7,0.5 --surrogate-dir sur/
 
+``--models-dir DIR`` keeps each size's trained cVAE (``DIR/n<size>``), so a later run with
+other ``--temperature`` values scores the same models without training them again. The
+JSON (``--json``) also holds each cell's mean (prediction - target), the bias.
+
 Reduced run::
 
     OMP_NUM_THREADS=1 python benchmarks/table1.py --data-size small --sizes 100,300 \\
@@ -58,6 +62,34 @@ def _temperatures(text: str) -> list[float]:
     return values
 
 
+_STAMP = "table1.json"  # what a --models-dir model was trained on, beside its own config
+
+
+def _stamp(args: argparse.Namespace) -> dict:
+    return {"data_size": args.data_size, "pooling": args.pooling, "seed": args.seed, "epochs": args.epochs,
+            "test_fraction": args.test_fraction, "cvae_params": json.loads(args.cvae_params)}
+
+
+def _write_stamp(model_dir: str, args: argparse.Namespace) -> None:
+    from invfp.utils import atomic_write_text
+
+    atomic_write_text(os.path.join(model_dir, _STAMP), json.dumps(_stamp(args), indent=2))
+
+
+def _saved_cvae(model_dir: str | None, model, args: argparse.Namespace, dim: int):
+    """The cVAE saved in ``model_dir`` if it was trained with these settings, else ``None``."""
+    if not model_dir or not os.path.exists(os.path.join(model_dir, _STAMP)):
+        return None
+    with open(os.path.join(model_dir, _STAMP)) as fh:
+        if json.load(fh) != _stamp(args):
+            raise SystemExit(f"table1.py: error: {model_dir} holds a cVAE trained with other settings; "
+                             "use another --models-dir")
+    saved = type(model).load(model_dir)
+    if saved.dimension != dim:
+        raise SystemExit(f"table1.py: error: the cVAE in {model_dir} takes {saved.dimension} features, not {dim}")
+    return saved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-size", default="full", choices=("full", "small"), help="built-in Pt10-EMT size")
@@ -73,6 +105,9 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--surrogate-dir", default=None,
                         help="load the surrogate from this directory if it holds one, else train it and save it there")
+    parser.add_argument("--models-dir", default=None,
+                        help="keep each size's cVAE in DIR/n<size>: loaded if it holds one trained with the same "
+                        "settings, else trained and saved there (re-score other temperatures without retraining)")
     parser.add_argument("--cvae-params", default="{}",
                         help='extra cVAE parameters as JSON, e.g. \'{"beta": 0.5}\'')
     parser.add_argument("--pooling", default="maxmin", choices=("maxmin", "maxmin+mean", "mean"),
@@ -126,12 +161,21 @@ def main() -> None:
     temps: list[float | None] = [None] if args.temperature is None else list(args.temperature)
     # results[temperature index][n]: one (MAE, % within) per target
     results: list[dict[int, list[tuple[float, float]]]] = [{} for _ in temps]
+    bias: list[dict[int, list[float]]] = [{} for _ in temps]  # mean (prediction - target) per cell
     for n in sizes:
         n_used = min(n, pool.size)
         idx = pool[furthest_point_sampling(R[pool], n_used, seed=args.seed)] if n_used < pool.size else pool
         t = time.perf_counter()
         model = CVAE(epochs=args.epochs, **json.loads(args.cvae_params))
-        rep = model.fit(R[idx], y[idx], seed=args.seed, progress=True, device=args.device)
+        model_dir = os.path.join(args.models_dir, f"n{n_used}") if args.models_dir else None
+        saved = _saved_cvae(model_dir, model, args, R.shape[1])
+        if saved is not None:
+            model, rep = saved, None
+        else:
+            rep = model.fit(R[idx], y[idx], seed=args.seed, progress=True, device=args.device)
+            if model_dir:
+                model.save(model_dir)
+                _write_stamp(model_dir, args)
         for j, temp in enumerate(temps):
             rows = []
             for k, target in enumerate(targets):
@@ -139,9 +183,11 @@ def main() -> None:
                 pred = sur.predict(model.sample(float(target), args.samples, seed=args.seed + k, **kw))
                 err = np.abs(pred - target)
                 rows.append((float(err.mean()), float(100 * (err <= args.delta).mean())))
+                bias[j].setdefault(n, []).append(float(np.mean(pred - target)))
             results[j][n] = rows
-        print(f"n = {n_used}: cVAE best validation loss {rep['best_val_loss']:.3f} at epoch {rep['best_epoch']}; "
-              f"{time.perf_counter() - t:.0f} s")
+        how = (f"loaded from {model_dir}" if rep is None else
+               f"best validation loss {rep['best_val_loss']:.3f} at epoch {rep['best_epoch']}")
+        print(f"n = {n_used}: cVAE {how}; {time.perf_counter() - t:.0f} s")
 
     comparable = len(targets) == len(PAPER_TARGETS)  # the paper's rows line up with ours by position
     for temp, table in zip(temps, results, strict=True):
@@ -177,6 +223,7 @@ def main() -> None:
             "args": vars(args), "targets": targets.tolist(), "surrogate_test_mae": sur_mae,
             "mean_baseline_mae": mean_mae, "temperatures": temps,
             "results": [{str(n): r for n, r in table.items()} for table in results],
+            "bias": [{str(n): b for n, b in table.items()} for table in bias],
         }, indent=2))
 
 

@@ -11,14 +11,17 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def test_table1_tiny(tmp_path):
-    out = tmp_path / "t1.json"
+def _table1(*args: str) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable, str(BENCHMARKS / "table1.py"), "--data-size", "small", "--sizes", "60",
-        "--epochs", "3", "--surrogate-epochs", "3", "--samples", "50", "--temperature", "1,0.5",
-        "--pooling", "maxmin+mean", "--cvae-params", '{"balance": 1}', "--json", str(out),
+        "--epochs", "3", "--surrogate-epochs", "3", "--samples", "50", "--pooling", "maxmin+mean", *args,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_table1_tiny(tmp_path):
+    out = tmp_path / "t1.json"
+    proc = _table1("--temperature", "1,0.5", "--cvae-params", '{"balance": 1}', "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "D = 570" in proc.stdout  # maxmin+mean: 3 x 190 values for Pt10
     assert proc.stdout.count("Table 1: 50 samples per target, sampling temperature") == 2
@@ -30,3 +33,23 @@ def test_table1_tiny(tmp_path):
         assert len(rows) == 7
         assert all(mae >= 0 and 0 <= pct <= 100 for mae, pct in rows)
     assert result["surrogate_test_mae"] > 0
+    # mean (prediction - target) per cell, consistent with the MAE: |bias| <= MAE
+    for table, bias in zip(result["results"], result["bias"], strict=True):
+        assert all(abs(b) <= mae + 1e-9 for (mae, _), b in zip(table["60"], bias["60"], strict=True))
+
+
+def test_table1_models_dir_reuses_the_trained_cvae(tmp_path):
+    models = tmp_path / "models"
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    proc = _table1("--models-dir", str(models), "--temperature", "0.5", "--json", str(first))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (models / "n60" / "config.json").exists()
+    proc = _table1("--models-dir", str(models), "--temperature", "0.5", "--json", str(second))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"loaded from {models / 'n60'}" in proc.stdout
+    # the same model and seeds: the same table, without training again
+    assert json.loads(first.read_text())["results"] == json.loads(second.read_text())["results"]
+    # a model trained with other settings is refused, not silently reused
+    proc = _table1("--models-dir", str(models), "--cvae-params", '{"beta": 0.5}')
+    assert proc.returncode != 0
+    assert "trained with other settings" in proc.stderr and "Traceback" not in proc.stderr
