@@ -67,7 +67,12 @@ _STAMP = "table1.json"  # what a --models-dir model was trained on, beside its o
 
 def _stamp(args: argparse.Namespace) -> dict:
     return {"data_size": args.data_size, "pooling": args.pooling, "seed": args.seed, "epochs": args.epochs,
-            "test_fraction": args.test_fraction, "cvae_params": json.loads(args.cvae_params)}
+            "test_fraction": args.test_fraction, "cvae_params": json.loads(args.cvae_params),
+            "cvae_seed": _cvae_seed(args)}
+
+
+def _cvae_seed(args: argparse.Namespace) -> int:
+    return args.seed if args.cvae_seed is None else args.cvae_seed
 
 
 def _write_stamp(model_dir: str, args: argparse.Namespace) -> None:
@@ -101,6 +106,9 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=0.1, help="half-width of the on-target window")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="held-out share for the surrogate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cvae-seed", type=int, default=None,
+                        help="seed of the cVAE's training alone (default: --seed), to see how much a table varies "
+                        "with it while the data split, training subset and surrogate stay the same")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--surrogate-dir", default=None,
@@ -172,7 +180,7 @@ def main() -> None:
         if saved is not None:
             model, rep = saved, None
         else:
-            rep = model.fit(R[idx], y[idx], seed=args.seed, progress=True, device=args.device)
+            rep = model.fit(R[idx], y[idx], seed=_cvae_seed(args), progress=True, device=args.device)
             if model_dir:
                 model.save(model_dir)
                 _write_stamp(model_dir, args)

@@ -50,6 +50,7 @@ def test_table1_models_dir_reuses_the_trained_cvae(tmp_path):
     # the same model and seeds: the same table, without training again
     assert json.loads(first.read_text())["results"] == json.loads(second.read_text())["results"]
     # a model trained with other settings is refused, not silently reused
-    proc = _table1("--models-dir", str(models), "--cvae-params", '{"beta": 0.5}')
-    assert proc.returncode != 0
-    assert "trained with other settings" in proc.stderr and "Traceback" not in proc.stderr
+    for other in (("--cvae-params", '{"beta": 0.5}'), ("--cvae-seed", "1")):
+        proc = _table1("--models-dir", str(models), *other)
+        assert proc.returncode != 0, other
+        assert "trained with other settings" in proc.stderr and "Traceback" not in proc.stderr
