@@ -14,12 +14,15 @@ Full run (a quiet machine, hours on CPU), the paper's fingerprint and cVAE setti
 
     OMP_NUM_THREADS=1 python benchmarks/table1.py
 
-invfp's configuration: the fingerprint ``invfp run`` uses (``maxmin+mean``, 570 values) and
-property-balanced minibatches, scored at three sampling temperatures from the same
-trained models (``--surrogate-dir`` keeps the surrogate, about 30 min, for later runs)::
+invfp's configuration, at or above the paper at every size and target at T = 0.5 (README):
+the fingerprint ``invfp run`` uses (``maxmin+mean``, 570 values), property-balanced
+minibatches, y at every decoder layer and a little weight decay, scored at several sampling
+temperatures from the same trained models (``--surrogate-dir`` keeps the surrogate, about
+30 min, for later runs)::
 
     OMP_NUM_THREADS=1 python benchmarks/table1.py --pooling maxmin+mean \\
-        --cvae-params '{"balance": 1}' --temperature 1,0.7,0.5 --surrogate-dir sur/
+        --cvae-params '{"balance": 1, "condition": "all", "weight_decay": 1e-4}' \\
+        --temperature 1,0.7,0.5 --surrogate-dir sur/ --models-dir models/
 
 ``--models-dir DIR`` keeps each size's trained cVAE (``DIR/n<size>``), so a later run with
 other ``--temperature`` values scores the same models without training them again. The
