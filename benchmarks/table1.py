@@ -88,11 +88,21 @@ def _saved_cvae(model_dir: str | None, model, args: argparse.Namespace, dim: int
     """The cVAE saved in ``model_dir`` if it was trained with these settings, else ``None``."""
     if not model_dir or not os.path.exists(os.path.join(model_dir, _STAMP)):
         return None
-    with open(os.path.join(model_dir, _STAMP)) as fh:
-        if json.load(fh) != _stamp(args):
-            raise SystemExit(f"table1.py: error: {model_dir} holds a cVAE trained with other settings; "
-                             "use another --models-dir")
-    saved = type(model).load(model_dir)
+    from invfp.errors import InvfpError
+
+    try:
+        with open(os.path.join(model_dir, _STAMP)) as fh:
+            same = json.load(fh) == _stamp(args)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"table1.py: error: cannot read {_STAMP} in {model_dir} ({exc}); "
+                         "remove that directory or use another --models-dir") from None
+    if not same:
+        raise SystemExit(f"table1.py: error: {model_dir} holds a cVAE trained with other settings; "
+                         "use another --models-dir")
+    try:
+        saved = type(model).load(model_dir)
+    except InvfpError as exc:
+        raise SystemExit(f"table1.py: error: {exc}") from None
     if saved.dimension != dim:
         raise SystemExit(f"table1.py: error: the cVAE in {model_dir} takes {saved.dimension} features, not {dim}")
     return saved

@@ -54,3 +54,7 @@ def test_table1_models_dir_reuses_the_trained_cvae(tmp_path):
         proc = _table1("--models-dir", str(models), *other)
         assert proc.returncode != 0, other
         assert "trained with other settings" in proc.stderr and "Traceback" not in proc.stderr
+    # a damaged stamp or model: a one-line error, not a traceback
+    (models / "n60" / "table1.json").write_text("{not json")
+    proc = _table1("--models-dir", str(models))
+    assert proc.returncode != 0 and "cannot read table1.json" in proc.stderr and "Traceback" not in proc.stderr
