@@ -65,12 +65,23 @@ def _temperatures(text: str) -> list[float]:
     return values
 
 
+def _json_object(text: str) -> dict:
+    """``--cvae-params``: a JSON object, parsed once."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object like '{{\"beta\": 0.5}}'")
+    return value
+
+
 _STAMP = "table1.json"  # what a --models-dir model was trained on, beside its own config
 
 
 def _stamp(args: argparse.Namespace) -> dict:
     return {"data_size": args.data_size, "pooling": args.pooling, "seed": args.seed, "epochs": args.epochs,
-            "test_fraction": args.test_fraction, "cvae_params": json.loads(args.cvae_params),
+            "test_fraction": args.test_fraction, "cvae_params": args.cvae_params,
             "cvae_seed": _cvae_seed(args)}
 
 
@@ -129,7 +140,7 @@ def main() -> None:
     parser.add_argument("--models-dir", default=None,
                         help="keep each size's cVAE in DIR/n<size>: loaded if it holds one trained with the same "
                         "settings, else trained and saved there (re-score other temperatures without retraining)")
-    parser.add_argument("--cvae-params", default="{}",
+    parser.add_argument("--cvae-params", default={}, type=_json_object,
                         help='extra cVAE parameters as JSON, e.g. \'{"beta": 0.5}\'')
     parser.add_argument("--pooling", default="maxmin", choices=("maxmin", "maxmin+mean", "mean"),
                         help="ACSF pooling: maxmin (the paper's, 380 values) or maxmin+mean (invfp run's default)")
@@ -143,10 +154,16 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from invfp import get_representation
     from invfp.data import featurize, furthest_point_sampling, load
+    from invfp.errors import InvfpError
     from invfp.models.base import TargetOutOfRangeWarning
     from invfp.models.cvae import CVAE
     from invfp.models.surrogate import Surrogate
     from invfp.models.training import split_indices
+
+    try:
+        CVAE(epochs=args.epochs, **args.cvae_params)  # bad parameters fail now, not after the surrogate
+    except InvfpError as exc:
+        parser.error(f"--cvae-params: {exc}")
 
     # the outermost targets sit at the edges of a training subset's range by design
     warnings.simplefilter("ignore", TargetOutOfRangeWarning)
@@ -187,7 +204,7 @@ def main() -> None:
         n_used = min(n, pool.size)
         idx = pool[furthest_point_sampling(R[pool], n_used, seed=args.seed)] if n_used < pool.size else pool
         t = time.perf_counter()
-        model = CVAE(epochs=args.epochs, **json.loads(args.cvae_params))
+        model = CVAE(epochs=args.epochs, **args.cvae_params)
         model_dir = os.path.join(args.models_dir, f"n{n_used}") if args.models_dir else None
         saved = _saved_cvae(model_dir, model, args, R.shape[1])
         if saved is not None:

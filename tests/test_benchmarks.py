@@ -54,6 +54,11 @@ def test_table1_models_dir_reuses_the_trained_cvae(tmp_path):
         proc = _table1("--models-dir", str(models), *other)
         assert proc.returncode != 0, other
         assert "trained with other settings" in proc.stderr and "Traceback" not in proc.stderr
+
+    # bad --cvae-params: a one-line error before any training
+    for bad, says in (("{beta", "is not JSON"), ("[1]", "is not a JSON object"), ('{"foo": 1}', "no parameter 'foo'")):
+        proc = _table1("--cvae-params", bad)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, bad
     # a damaged stamp or model: a one-line error, not a traceback
     (models / "n60" / "table1.json").write_text("{not json")
     proc = _table1("--models-dir", str(models))
