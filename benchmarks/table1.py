@@ -215,14 +215,14 @@ def main() -> None:
                 model.save(model_dir)
                 _write_stamp(model_dir, args)
         for j, temp in enumerate(temps):
-            rows = []
+            kw = {} if temp is None else {"temperature": temp}
+            rows, biases = [], []
             for k, target in enumerate(targets):
-                kw = {} if temp is None else {"temperature": temp}
-                pred = sur.predict(model.sample(float(target), args.samples, seed=args.seed + k, **kw))
-                err = np.abs(pred - target)
+                diff = sur.predict(model.sample(float(target), args.samples, seed=args.seed + k, **kw)) - target
+                err = np.abs(diff)
                 rows.append((float(err.mean()), float(100 * (err <= args.delta).mean())))
-                bias[j].setdefault(n, []).append(float(np.mean(pred - target)))
-            results[j][n] = rows
+                biases.append(float(diff.mean()))
+            results[j][n], bias[j][n] = rows, biases
         how = (f"loaded from {model_dir}" if rep is None else
                f"best validation loss {rep['best_val_loss']:.3f} at epoch {rep['best_epoch']}")
         print(f"n = {n_used}: cVAE {how}; {time.perf_counter() - t:.0f} s")
