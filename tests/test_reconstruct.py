@@ -104,7 +104,7 @@ def test_polish_hops_finish_a_near_miss(fung, pt4):
     # polish hops that follow it, from the same random stream, finish the job.
     target = fung.featurize(pt4)
     kw = {"numbers": "Pt4", "cell": 20.0, "representation": fung, "seed": 0, "restarts": 4, "screen": 0,
-          "hops": 0, "steps": 30, "refine_steps": 0}
+          "hops": 0, "steps": 30, "refine_steps": 0, "attempts": 1}
     (cut,) = invfp.reconstruct(target, polish=0, **kw)
     (polished,) = invfp.reconstruct(target, polish=3, **kw)
     assert cut.loss > 1e-3
@@ -271,3 +271,50 @@ def test_hop_options_recover_and_are_deterministic(fung, pt4):
     ]
     assert rmsd(pt4, runs[0].atoms, allow_reflection=True) < 0.02
     np.testing.assert_array_equal(runs[0].atoms.positions, runs[1].atoms.positions)
+
+
+def test_attempts_search_again_only_where_the_loss_is_above_tol(fung, pt4):
+    # pt4's own fingerprint is reached in the first search; the scaled one is unreachable
+    # and gets all three searches, keeping the best structure and every restart's loss.
+    own = fung.featurize(pt4).reshape(1, -1)
+    targets = np.concatenate([own, 1.5 * own])
+    kw = {"numbers": "Pt4", "cell": 20.0, "representation": fung, "seed": 0, **SMALL_ADAM, "hops": 1}
+    once = invfp.reconstruct(targets, attempts=1, **kw)
+    thrice = invfp.reconstruct(targets, attempts=3, **kw)
+    again = invfp.reconstruct(targets, attempts=3, **kw)
+    assert thrice[0].loss < 5e-4 and len(thrice[0].restart_losses) == SMALL_ADAM["restarts"]
+    assert thrice[0].loss == once[0].loss and thrice[0].steps == once[0].steps
+    assert len(thrice[1].restart_losses) == 3 * SMALL_ADAM["restarts"]
+    assert thrice[1].restart_losses[: SMALL_ADAM["restarts"]] == once[1].restart_losses
+    assert thrice[1].loss <= once[1].loss and thrice[1].steps > once[1].steps
+    assert [r.target_index for r in thrice] == [0, 1]
+    np.testing.assert_array_equal(thrice[1].atoms.positions, again[1].atoms.positions)
+
+
+def test_with_attempts_reports_each_target_once_and_keeps_the_best():
+    import torch
+
+    from invfp.optimizers.common import with_attempts
+    from invfp.reconstruction import ReconstructionProblem, ReconstructionResult
+
+    problem = ReconstructionProblem(
+        representation=None, targets=torch.zeros(3, 2), numbers=torch.zeros(1, dtype=torch.long), cell=None,
+        pbc=(False,) * 3, device=torch.device("cpu"), dtype=torch.float32, feature_scale=torch.ones(2),
+    )
+    calls, ticks = [], []
+    losses = iter([[0.0, 0.5, 0.2], [0.6, 0.1], [0.05]])  # target 0 done first; 2 in the second search
+
+    def search(prob, advance):
+        rows = prob.targets.shape[0]
+        calls.append(rows)
+        values = next(losses)
+        advance(sum(v < 0.15 for v in values) + 1)  # one tick too many must not overshoot the total
+        return [ReconstructionResult(Atoms("H"), v, [v], 10, 0.0, k) for k, v in enumerate(values)]
+
+    results = with_attempts(search, problem, attempts=5, tol=0.15, progress=ticks.append)
+    assert calls == [3, 2, 1]  # the third search is for target 1 alone; then all are below tol
+    assert [r.loss for r in results] == [0.0, 0.05, 0.1]
+    assert [r.restart_losses for r in results] == [[0.0], [0.5, 0.6, 0.05], [0.2, 0.1]]
+    assert [r.steps for r in results] == [10, 30, 20]
+    assert [r.target_index for r in results] == [0, 1, 2]
+    assert sum(ticks) == 3

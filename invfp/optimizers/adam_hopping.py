@@ -15,13 +15,22 @@ Finally the best member of each target is refined with a small step size.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from invfp.components import Param, fraction, non_negative, non_negative_int, positive, positive_int
 from invfp.optimizers.base import Optimizer
-from invfp.optimizers.common import STRUCTURE_PARAMETERS, Batch, Objective, cosine, nan_safe
+from invfp.optimizers.common import (
+    ATTEMPTS,
+    STRUCTURE_PARAMETERS,
+    Batch,
+    Objective,
+    cosine,
+    nan_safe,
+    with_attempts,
+)
 from invfp.reconstruction import timer
 
 if TYPE_CHECKING:
@@ -84,6 +93,7 @@ class AdamHopping(Optimizer):
             check=non_negative,
         ),
         "refine_steps": Param(300, "Adam steps refining the best member of each target.", check=non_negative_int),
+        "attempts": ATTEMPTS,
         "refine_lr": Param(0.01, "Initial step size (Å) of the refinement.", check=positive),
         **STRUCTURE_PARAMETERS,
     }
@@ -96,9 +106,17 @@ class AdamHopping(Optimizer):
         progress: Any = None,
     ) -> list[ReconstructionResult]:
         """Reconstruct every target of ``problem``; one result per target, in order."""
+        return with_attempts(
+            lambda prob, advance: self._search(prob, generator, advance),
+            problem, attempts=self.params["attempts"], tol=self.params["tol"], progress=progress,
+        )
+
+    def _search(
+        self, problem: ReconstructionProblem, generator: torch.Generator, advance: Callable[[int], Any]
+    ) -> list[ReconstructionResult]:
+        """One whole search (screen, hops, polish, refine) of every target of ``problem``."""
         p = self.params
         clock = timer()
-        advance = progress or (lambda n=1: None)
         b = Batch.of(problem, p)
         n_targets, restarts, members, dev, dt = b.n_targets, b.restarts, b.members, b.device, b.dtype
         objective, target_of = b.objective, b.target_of
@@ -199,9 +217,6 @@ class AdamHopping(Optimizer):
             steps[pick] += used
             keep = f_ref < f_best[pick]
             x_final = torch.where(keep[:, None, None], x_ref, x_final)
-        left = int((~done).sum())
-        if left:
-            advance(left)
         restart_losses = raw_best.view(n_targets, restarts).cpu().tolist()
         per_target = (steps.view(n_targets, restarts).sum(1) + screen_used).cpu().tolist()
         return problem.finish(x_final.detach(), restart_losses, per_target, clock())

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from invfp.components import Param, fraction, non_negative, positive_int
+from invfp.reconstruction import timer
 
 if TYPE_CHECKING:
-    from invfp.reconstruction import ReconstructionProblem
+    from invfp.reconstruction import ReconstructionProblem, ReconstructionResult
 
 STRUCTURE_PARAMETERS: dict[str, Param] = {
     "min_distance": Param(
@@ -128,3 +130,59 @@ class Batch:
             objective=Objective(problem, params["loss"], params["min_distance"], params["penalty"], params["chunk"]),
             target_of=torch.arange(n_targets, device=dev).repeat_interleave(restarts),
         )
+
+
+ATTEMPTS = Param(
+    3, "Whole searches per target: a target whose loss is still above `tol` after a search gets a new one from "
+    "fresh starts, up to this many in all (1: one search; unreachable fingerprints pay every attempt).",
+    check=positive_int,
+)
+"""The ``attempts`` parameter of the built-in optimizers."""
+
+
+def with_attempts(
+    search: Callable[[ReconstructionProblem, Callable[[int], Any]], list[ReconstructionResult]],
+    problem: ReconstructionProblem,
+    *,
+    attempts: int,
+    tol: float,
+    progress: Any = None,
+) -> list[ReconstructionResult]:
+    """Run ``search`` on every target, then again on those still above ``tol``, ``attempts`` times in all.
+
+    A later attempt continues the same random stream, so results stay deterministic for a
+    seed. Each target keeps its best structure; its ``restart_losses`` and ``steps`` add
+    up over attempts, and ``time`` is the whole call's wall time amortised over targets.
+    ``search(problem, advance)`` reports targets it reaches through ``advance``; the
+    targets never reached are reported here, once, at the end.
+    """
+    clock = timer()
+    total = int(problem.targets.shape[0])
+    ticked = 0
+
+    def advance(n: int = 1) -> None:
+        nonlocal ticked
+        n = min(int(n), total - ticked)
+        if n > 0:
+            ticked += n
+            if progress is not None:
+                progress(n)
+
+    results = search(problem, advance)
+    for _ in range(attempts - 1):
+        todo = [k for k, r in enumerate(results) if not r.loss < tol]
+        if not todo:
+            break
+        sub = dataclasses.replace(problem, targets=problem.targets[todo])
+        for k, new in zip(todo, search(sub, advance), strict=True):
+            old = results[k]
+            best = new if new.loss < old.loss else old
+            best.restart_losses = old.restart_losses + new.restart_losses
+            best.steps = old.steps + new.steps
+            best.target_index = k
+            results[k] = best
+    advance(total - ticked)
+    elapsed = clock() / max(total, 1)
+    for result in results:
+        result.time = elapsed
+    return results

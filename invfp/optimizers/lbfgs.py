@@ -9,13 +9,14 @@ converge (target reached, or no progress) drop out of the active set.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from invfp.components import Param, positive, positive_int
 from invfp.optimizers.base import Optimizer
-from invfp.optimizers.common import STRUCTURE_PARAMETERS, Batch, nan_safe
+from invfp.optimizers.common import ATTEMPTS, STRUCTURE_PARAMETERS, Batch, nan_safe, with_attempts
 from invfp.reconstruction import timer
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class LBFGS(Optimizer):
         "max_step": Param(0.3, "Largest displacement of any atom in one iteration (Å).", check=positive),
         "loss": Param("mse", "Fingerprint loss: 'mse' (smooth, suits L-BFGS) or 'mae'.", choices=("mae", "mse")),
         "tol": Param(1e-4, "A target is done when a member's raw fingerprint MAE falls below this.", check=positive),
+        "attempts": ATTEMPTS,
         **STRUCTURE_PARAMETERS,
     }
 
@@ -45,9 +47,17 @@ class LBFGS(Optimizer):
         progress: Any = None,
     ) -> list[ReconstructionResult]:
         """Reconstruct every target of ``problem``; one result per target, in order."""
+        return with_attempts(
+            lambda prob, advance: self._search(prob, generator, advance),
+            problem, attempts=self.params["attempts"], tol=self.params["tol"], progress=progress,
+        )
+
+    def _search(
+        self, problem: ReconstructionProblem, generator: torch.Generator, advance: Callable[[int], Any]
+    ) -> list[ReconstructionResult]:
+        """One search from fresh random starts for every target of ``problem``."""
         p = self.params
         clock = timer()
-        advance = progress or (lambda n=1: None)
         b = Batch.of(problem, p)
         n_targets, restarts, members, dev, dt = b.n_targets, b.restarts, b.members, b.device, b.dtype
         objective, target_of = b.objective, b.target_of
@@ -137,9 +147,6 @@ class LBFGS(Optimizer):
             f[idx], raw[idx], g[idx] = f_new, raw_new, g_new.view(-1, *shape[1:])
 
         keep_best()  # the last iteration's step
-        left = int((~done).sum())
-        if left:
-            advance(left)
         choice = torch.argmin(best_f.view(n_targets, restarts), dim=1)
         pick = torch.arange(n_targets, device=dev) * restarts + choice
         restart_losses = best_raw.view(n_targets, restarts).cpu().tolist()
