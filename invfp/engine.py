@@ -206,7 +206,8 @@ class Pipeline:
         pbc: periodic directions.
         surrogate: a fitted surrogate (``predict(R) -> [B]``), needed by the
             ``surrogate`` filter.
-        optimizer: an optimizer name, with ``optimizer_options`` its parameters.
+        optimizer: an optimizer name, with ``optimizer_options`` its parameters (the
+            optimizer's defaults, except ``attempts=1`` where it has that parameter).
         filters: validators (names or objects) that must all accept a structure.
         oracle: a validator (name or object) whose ``value`` is the true property, or
             ``None``; recorded for every sample, never used to filter.
@@ -282,8 +283,14 @@ class Pipeline:
     # -- pieces ----------------------------------------------------------------------
     def reconstruct(self, fingerprints: np.ndarray, *, seed: int, progress: bool = False) -> list[Any]:
         """Reconstruct ``fingerprints`` ``[B, D]`` with the pipeline's optimizer and settings."""
+        from invfp.plugins import create
         from invfp.reconstruction import reconstruct
 
+        options = dict(self.optimizer_options)
+        if "attempts" not in options and "attempts" in create("optimizer", self.optimizer).parameters:
+            # Generated fingerprints rarely reach the optimizer's tol, so further whole
+            # searches would multiply the time of every sample: one, unless asked.
+            options["attempts"] = 1
         return reconstruct(
             fingerprints,
             numbers=self.numbers,
@@ -296,7 +303,7 @@ class Pipeline:
             dtype=self.dtype,
             feature_scale=self.feature_scale,
             progress=progress,
-            **self.optimizer_options,
+            **options,
         )
 
     def calibrate(

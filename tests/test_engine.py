@@ -170,3 +170,17 @@ def test_prescreen_reconstructs_the_draws_the_surrogate_puts_closest_to_the_targ
         Pipeline(pipe.representation, pipe.generator, numbers=[78] * 5, filters=(), prescreen=4)
     with pytest.raises(ConfigError, match="prescreen must be an integer"):
         Pipeline(pipe.representation, pipe.generator, numbers=[78] * 5, filters=(), prescreen=-1)
+
+
+def test_pipeline_searches_once_per_sample_unless_told(tiny):
+    import copy
+
+    pipe, R, _ = tiny
+    unreachable = R[:1] * 1.5  # never reaches tol, so every allowed attempt is spent
+    (once,) = pipe.reconstruct(unreachable, seed=0)
+    assert len(once.restart_losses) == pipe.optimizer_options["restarts"]
+    twice_pipe = copy.copy(pipe)
+    twice_pipe.optimizer_options = {**pipe.optimizer_options, "attempts": 2}
+    (twice,) = twice_pipe.reconstruct(unreachable, seed=0)
+    assert len(twice.restart_losses) == 2 * pipe.optimizer_options["restarts"]
+    assert twice.loss <= once.loss
