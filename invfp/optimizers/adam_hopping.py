@@ -21,15 +21,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from invfp.components import Param, fraction, non_negative, non_negative_int, positive, positive_int
-from invfp.optimizers.base import Optimizer
 from invfp.optimizers.common import (
     ATTEMPTS,
     STRUCTURE_PARAMETERS,
     Batch,
     Objective,
+    SearchAgain,
     cosine,
     nan_safe,
-    with_attempts,
 )
 from invfp.reconstruction import timer
 
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
     from invfp.reconstruction import ReconstructionProblem, ReconstructionResult
 
 
-class AdamHopping(Optimizer):
+class AdamHopping(SearchAgain):
     """Batched Adam + Metropolis basin hopping with restarts and a final refinement."""
 
     name = "adam-hopping"
@@ -93,23 +92,10 @@ class AdamHopping(Optimizer):
             check=non_negative,
         ),
         "refine_steps": Param(300, "Adam steps refining the best member of each target.", check=non_negative_int),
-        "attempts": ATTEMPTS,
         "refine_lr": Param(0.01, "Initial step size (Å) of the refinement.", check=positive),
+        "attempts": ATTEMPTS,
         **STRUCTURE_PARAMETERS,
     }
-
-    def run(
-        self,
-        problem: ReconstructionProblem,
-        *,
-        generator: torch.Generator,
-        progress: Any = None,
-    ) -> list[ReconstructionResult]:
-        """Reconstruct every target of ``problem``; one result per target, in order."""
-        return with_attempts(
-            lambda prob, advance: self._search(prob, generator, advance),
-            problem, attempts=self.params["attempts"], tol=self.params["tol"], progress=progress,
-        )
 
     def _search(
         self, problem: ReconstructionProblem, generator: torch.Generator, advance: Callable[[int], Any]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from invfp.components import Param, fraction, non_negative, positive_int
+from invfp.optimizers.base import Optimizer
 from invfp.reconstruction import timer
 
 if TYPE_CHECKING:
@@ -186,3 +187,29 @@ def with_attempts(
     for result in results:
         result.time = elapsed
     return results
+
+
+class SearchAgain(Optimizer):
+    """A built-in optimizer: :meth:`run` is :meth:`_search`, again for targets still above ``tol``.
+
+    Subclasses implement one whole search and declare the ``attempts`` and ``tol`` parameters.
+    """
+
+    def run(
+        self,
+        problem: ReconstructionProblem,
+        *,
+        generator: torch.Generator,
+        progress: Any = None,
+    ) -> list[ReconstructionResult]:
+        """Reconstruct every target of ``problem``; one result per target, in order."""
+        return with_attempts(
+            lambda prob, advance: self._search(prob, generator, advance),
+            problem, attempts=self.params["attempts"], tol=self.params["tol"], progress=progress,
+        )
+
+    def _search(
+        self, problem: ReconstructionProblem, generator: torch.Generator, advance: Callable[[int], Any]
+    ) -> list[ReconstructionResult]:
+        """One search of every target of ``problem``, reporting reached targets through ``advance``."""
+        raise NotImplementedError

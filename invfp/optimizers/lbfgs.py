@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from invfp.components import Param, positive, positive_int
-from invfp.optimizers.base import Optimizer
-from invfp.optimizers.common import ATTEMPTS, STRUCTURE_PARAMETERS, Batch, nan_safe, with_attempts
+from invfp.optimizers.common import ATTEMPTS, STRUCTURE_PARAMETERS, Batch, SearchAgain, nan_safe
 from invfp.reconstruction import timer
 
 if TYPE_CHECKING:
     from invfp.reconstruction import ReconstructionProblem, ReconstructionResult
 
 
-class LBFGS(Optimizer):
+class LBFGS(SearchAgain):
     """Independent batched L-BFGS per member, random restarts, best member per target."""
 
     name = "lbfgs"
@@ -38,19 +37,6 @@ class LBFGS(Optimizer):
         "attempts": ATTEMPTS,
         **STRUCTURE_PARAMETERS,
     }
-
-    def run(
-        self,
-        problem: ReconstructionProblem,
-        *,
-        generator: torch.Generator,
-        progress: Any = None,
-    ) -> list[ReconstructionResult]:
-        """Reconstruct every target of ``problem``; one result per target, in order."""
-        return with_attempts(
-            lambda prob, advance: self._search(prob, generator, advance),
-            problem, attempts=self.params["attempts"], tol=self.params["tol"], progress=progress,
-        )
 
     def _search(
         self, problem: ReconstructionProblem, generator: torch.Generator, advance: Callable[[int], Any]
