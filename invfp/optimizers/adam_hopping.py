@@ -30,7 +30,6 @@ from invfp.optimizers.common import (
     cosine,
     nan_safe,
 )
-from invfp.reconstruction import timer
 
 if TYPE_CHECKING:
     from invfp.reconstruction import ReconstructionProblem, ReconstructionResult
@@ -102,7 +101,6 @@ class AdamHopping(SearchAgain):
     ) -> list[ReconstructionResult]:
         """One whole search (screen, hops, polish, refine) of every target of ``problem``."""
         p = self.params
-        clock = timer()
         b = Batch.of(problem, p)
         n_targets, restarts, members, dev, dt = b.n_targets, b.restarts, b.members, b.device, b.dtype
         objective, target_of = b.objective, b.target_of
@@ -205,7 +203,8 @@ class AdamHopping(SearchAgain):
             x_final = torch.where(keep[:, None, None], x_ref, x_final)
         restart_losses = raw_best.view(n_targets, restarts).cpu().tolist()
         per_target = (steps.view(n_targets, restarts).sum(1) + screen_used).cpu().tolist()
-        return problem.finish(x_final.detach(), restart_losses, per_target, clock())
+        # time: with_attempts sets it from the whole call (all searches).
+        return problem.finish(x_final.detach(), restart_losses, per_target, 0.0)
 
     def _screen(
         self,
