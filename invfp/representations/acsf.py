@@ -595,10 +595,20 @@ class ACSF(Representation):
         for one element).
         """
         dtype = disp.dtype
-        rows = torch.arange(disp.shape[1], device=disp.device)[:, None]
+        n, m = disp.shape[1], disp.shape[2]
+        rows = torch.arange(n, device=disp.device)[:, None]
+        # Neighbour j of atom i as one flat index into the [N * M] neighbour axis:
+        # index_select's backward is an index_add, far cheaper than the accumulating
+        # index_put that advanced indexing t[:, rows, jj] needs.
+        flat_j, flat_k = (rows * m + jj).reshape(-1), (rows * m + kk).reshape(-1)
+
+        def pick(t: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+            """``[B, N, M, ...]`` -> ``[B, N, K, ...]`` at each atom's neighbour j (or k)."""
+            return t.flatten(1, 2).index_select(1, flat).unflatten(1, jj.shape)
+
         inv_r = torch.where(inside, 1.0 / r, torch.zeros((), dtype=dtype, device=r.device))
         unit = disp * inv_r[..., None]
-        cos = (unit[:, rows, jj] * unit[:, rows, kk]).sum(-1)  # [B, N, K]
+        cos = (pick(unit, flat_j) * pick(unit, flat_k)).sum(-1)  # [B, N, K]
         n_pairs = 1 if pair_onehot is None else pair_onehot.shape[-1]
         out = []
         for terms in (self._g4, self._g5):
@@ -606,11 +616,11 @@ class ACSF(Representation):
                 continue
             eta = terms.eta.to(dtype)
             g = torch.exp(r2[..., None] * -eta) * fc[..., None]  # [B, N, M, E]
-            gg = g[:, rows, jj] * g[:, rows, kk]  # [B, N, K, E]
+            gg = pick(g, flat_j) * pick(g, flat_k)  # [B, N, K, E]
             if terms.kind == "g4":
-                djk = disp[:, rows, kk] - disp[:, rows, jj]
+                djk = pick(disp, flat_k) - pick(disp, flat_j)
                 rjk2 = (djk * djk).sum(-1)
-                both = inside[:, rows, jj] & inside[:, rows, kk]
+                both = pick(inside, flat_j) & pick(inside, flat_k)
                 one = torch.ones((), dtype=dtype, device=r.device)
                 rjk = torch.sqrt(torch.where(both, rjk2, one))
                 fjk = self._cutoff_fn(rjk, both & (rjk <= self.r_cut))
@@ -621,7 +631,7 @@ class ACSF(Representation):
                 a = (ang @ h).unflatten(-1, (n_pairs, -1)).transpose(2, 3)  # [B, N, Q, C, E]
             else:
                 a = (ang @ gg)[:, :, None]  # [B, N, 1, C, E]
-            out.append(2.0 * a[..., terms.combo_idx, terms.eta_idx])
+            out.append(2.0 * a.flatten(-2).index_select(-1, terms.flat_idx))
         return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
 
     def _assemble(self, radial: torch.Tensor | None, angular: torch.Tensor | None) -> torch.Tensor:
@@ -713,16 +723,9 @@ class _AngularTerms(torch.nn.Module):
         self.register_buffer(
             "lam_idx", torch.tensor([c[1] for c in self.combos], dtype=torch.long), persistent=False
         )
-        self.register_buffer(
-            "combo_idx",
-            torch.tensor([combos.index((float(z), float(lam))) for _, z, lam in arr], dtype=torch.long),
-            persistent=False,
-        )
-        self.register_buffer(
-            "eta_idx",
-            torch.tensor([etas.index(float(eta)) for eta, _, _ in arr], dtype=torch.long),
-            persistent=False,
-        )
+        # each term's place in the flattened [combo, eta] grid of the computed values
+        flat = [combos.index((float(z), float(lam))) * len(etas) + etas.index(float(eta)) for eta, z, lam in arr]
+        self.register_buffer("flat_idx", torch.tensor(flat, dtype=torch.long), persistent=False)
 
     def angle_powers(self, cos: torch.Tensor) -> torch.Tensor:
         """(0.5 (1 + lambda cos))^zeta for each unique (zeta, lambda): ``[..., C, K]``."""
