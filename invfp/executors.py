@@ -82,7 +82,8 @@ class LocalExecutor(Executor):
     With ``workers > 1`` the shared object is pickled once into each of ``workers``
     spawned processes (spawn, not fork: a forked torch with live OpenMP threads can
     hang), each limited to ``torch_threads`` torch threads; items stream back in
-    completion order. Workers ignore Ctrl-C, and closing the executor early (an
+    completion order. Inside ``with``, the processes stay for the next map with the same
+    function and shared object. Workers ignore Ctrl-C, and closing the executor early (an
     interrupt, an error in the consumer) terminates them, so nothing keeps running.
 
     Args:
@@ -100,6 +101,18 @@ class LocalExecutor(Executor):
         self.workers = workers
         self.torch_threads = torch_threads
         self._pool: Any = None
+        self._pool_key: tuple[bytes, int] | None = None
+        self._keep = False
+
+    def __enter__(self) -> LocalExecutor:
+        # Inside ``with``, worker processes outlive one map: a caller that maps again with the
+        # same function and shared object (rounds of retries) pays their start-up once.
+        self._keep = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._keep = False
+        self.close()
 
     def map(self, fn: Callable[[S, T], R], shared: S, items: Sequence[T]) -> Iterator[tuple[T, R]]:
         items = list(items)
@@ -117,8 +130,14 @@ class LocalExecutor(Executor):
                 f"the local executor with workers > 1 sends the function and the shared object to other processes, "
                 f"but they do not pickle ({exc}); use module-level functions (no lambdas), or workers=1"
             ) from exc
-        self._pool = spawn_pool(min(self.workers, len(items)), torch_threads=self.torch_threads, state=blob)
+        size = min(self.workers, len(items))
+        if self._pool_key is not None and (self._pool_key[0] != blob or self._pool_key[1] < size):
+            self.close()
+        if self._pool is None:
+            self._pool = spawn_pool(size, torch_threads=self.torch_threads, state=blob)
+            self._pool_key = (blob, size)
         futures = {self._pool.submit(_run_in_process, item): index for index, item in enumerate(items)}
+        completed = False
         try:
             pending = set(futures)
             while pending:
@@ -126,12 +145,14 @@ class LocalExecutor(Executor):
                 for future in sorted(finished, key=futures.__getitem__):
                     item = items[futures[future]]
                     yield item, _result(future, item)
+            completed = True
         finally:
-            self.close()
+            if not (completed and self._keep):  # stopped early, failed, or not inside ``with``
+                self.close()
 
     def close(self) -> None:
         """Stop the worker processes (at once: an unfinished item is abandoned, not awaited)."""
-        pool, self._pool = self._pool, None
+        pool, self._pool, self._pool_key = self._pool, None, None
         if pool is not None:
             stop_pool(pool)
 

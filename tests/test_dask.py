@@ -80,6 +80,25 @@ def test_local_executor_with_worker_processes_streams_every_item():
     assert out == {i: 100 + i * i for i in range(7)}
 
 
+def _pid(shared, item):
+    return os.getpid()
+
+
+def test_local_executor_keeps_its_workers_between_maps_only_inside_with():
+    from invfp.executors import LocalExecutor
+
+    with LocalExecutor(workers=2) as executor:
+        first = set(dict(executor.map(_pid, 0, [1, 2, 3, 4])).values())
+        again = set(dict(executor.map(_pid, 0, [5, 6])).values())
+        assert again <= first and os.getpid() not in first  # the same worker processes, started once
+        other = set(dict(executor.map(_pid, 1, [7, 8])).values())  # another shared object: new workers
+        assert not other & first
+    assert executor._pool is None  # leaving ``with`` stops them
+    loose = LocalExecutor(workers=2)
+    list(loose.map(_pid, 0, [1, 2]))
+    assert loose._pool is None  # outside ``with`` each map stops its workers
+
+
 def test_local_executor_worker_processes_match_the_in_process_run(tiny, local_records):
     from invfp.executors import LocalExecutor
 
