@@ -437,13 +437,13 @@ def reconstruct(
     shards = min(workers, len(arr))
     with progress_bar(len(arr), "reconstruct", enabled=progress) as advance:
         if shards == 1:
-            return job.solve(0, len(arr), seed, advance)
+            return job.solve(range(len(arr)), seed, advance)
         return _sharded(job, shards, seed, advance)
 
 
 @dataclasses.dataclass
 class _Job:
-    """One validated reconstruction call; :meth:`solve` runs rows ``start:stop`` of it."""
+    """One validated reconstruction call; :meth:`solve` runs some of its rows."""
 
     representation: Any
     optimizer: Any
@@ -456,16 +456,18 @@ class _Job:
     scale: np.ndarray
 
     def solve(
-        self, start: int, stop: int, seed: int | None, advance: Callable[..., Any] | None = None
+        self, rows: Sequence[int], seed: int | None, advance: Callable[..., Any] | None = None
     ) -> list[ReconstructionResult]:
+        """Results for the targets ``rows`` (indices into ``targets``), in that order."""
         import torch
 
         from invfp.utils import make_generator
 
+        rows = list(rows)
         dev, dtype = self.device, self.dtype
         problem = ReconstructionProblem(
             representation=self.representation,
-            targets=torch.as_tensor(self.targets[start:stop], device=dev, dtype=dtype),
+            targets=torch.as_tensor(self.targets[rows], device=dev, dtype=dtype),
             numbers=torch.as_tensor(self.numbers, device=dev, dtype=torch.long),
             cell=None if self.cell is None else torch.as_tensor(self.cell, device=dev, dtype=dtype),
             pbc=self.pbc,
@@ -474,38 +476,68 @@ class _Job:
             feature_scale=torch.as_tensor(self.scale, device=dev, dtype=dtype),
         )
         results = self.optimizer.run(problem, generator=make_generator(seed, dev), progress=advance)
-        if len(results) != stop - start:
+        if len(results) != len(rows):
             raise ConfigError(
-                f"optimizer {self.optimizer.name!r} returned {len(results)} results for {stop - start} targets"
+                f"optimizer {self.optimizer.name!r} returned {len(results)} results for {len(rows)} targets"
             )
-        for result in results:
-            result.target_index += start
+        for row, result in zip(rows, results, strict=True):
+            result.target_index = row
         return results
 
 
-def _solve_shard(job: _Job, item: tuple[int, int, int | None]) -> list[ReconstructionResult]:
-    return job.solve(*item)
+def _solve_shard(job: _Job, item: tuple[tuple[int, ...], int | None, int]) -> list[ReconstructionResult]:
+    rows, seed, _ = item  # the third value only tells the parts of a round apart
+    return job.solve(rows, seed)
 
 
 def _sharded(job: _Job, shards: int, seed: int | None, advance: Callable[..., Any]) -> list[ReconstructionResult]:
-    """Rows split into ``shards`` contiguous parts, each solved in a worker process."""
+    """Rows split into ``shards`` contiguous parts, each solved in a worker process.
+
+    With a built-in optimizer's ``attempts > 1`` the later searches are dealt here, not in
+    the workers: each round searches every target still above ``tol`` (several times side
+    by side while few are left, :func:`~invfp.optimizers.common.retry_rows`), split afresh
+    over the workers, so hard targets that happen to share a part leave no worker idle.
+    """
     from invfp.executors import LocalExecutor
+    from invfp.optimizers.common import SearchAgain, in_rounds
 
     clock = timer()
-    bounds = np.linspace(0, len(job.targets), shards + 1).round().astype(int)
+    n = len(job.targets)
+    attempts, tol, fill = 1, -math.inf, 1
+    if isinstance(job.optimizer, SearchAgain) and job.optimizer.params["attempts"] > 1:
+        params = job.optimizer.params
+        attempts, tol, fill = int(params["attempts"]), float(params["tol"]), int(params["fill"]) * shards
+        job = dataclasses.replace(job, optimizer=job.optimizer.once())
     if seed is None:
-        seeds: list[int | None] = [None] * shards
+        seeds: list[int | None] = [None] * (shards * attempts)
     else:
-        states = np.random.SeedSequence(int(seed)).spawn(shards)
+        # Round r takes children r*shards...: round 0's are those of a single round.
+        states = np.random.SeedSequence(int(seed)).spawn(shards * attempts)
         seeds = [int(s.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)) for s in states]
-    items = [(int(a), int(b), s) for a, b, s in zip(bounds[:-1], bounds[1:], seeds, strict=True)]
-    results: list[ReconstructionResult | None] = [None] * len(job.targets)
+    reported: set[int] = set()
+
+    def report(rows: Sequence[int]) -> None:  # the bar counts each target once
+        fresh = set(rows) - reported
+        reported.update(fresh)
+        advance(len(fresh))
+
     with LocalExecutor(shards) as executor:
-        for (a, b, _), part in executor.map(_solve_shard, job, items):
-            results[a:b] = part
-            advance(b - a)
-    per_target = clock() / len(job.targets)
-    done = [r for r in results if r is not None]
+
+        def run(rows: list[int], round_: int) -> list[ReconstructionResult]:
+            bounds = np.linspace(0, len(rows), min(shards, len(rows)) + 1).round().astype(int)
+            items = [
+                (tuple(rows[a:b]), seeds[round_ * shards + i], i)
+                for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+            ]
+            found: dict[int, list[ReconstructionResult]] = {}
+            for (part, _, i), results in executor.map(_solve_shard, job, items):
+                found[i] = results
+                report([row for row, r in zip(part, results, strict=True) if r.loss < tol or attempts == 1])
+            # In row order, not completion order: the same results for a seed every time.
+            return [r for i in range(len(items)) for r in found[i]]
+
+        done = in_rounds(run, n, attempts=attempts, tol=tol, fill=fill, report=report)
+    per_target = clock() / n
     for result in done:
         result.time = per_target  # amortised over the whole call, as with one process
     return done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -125,7 +126,7 @@ def test_workers_shard_the_targets_deterministically(fung, pt4):
     assert [r.target_index for r in first] == [0, 1, 2, 3]
     for frame, a, b in zip(frames, first, again, strict=True):
         np.testing.assert_array_equal(a.atoms.positions, b.atoms.positions)
-        assert rmsd(frame, a.atoms, allow_reflection=True) < 0.02
+        assert rmsd(frame, a.atoms, allow_reflection=True) < 0.05
     # one target per process at most: three targets with workers=8 use three
     assert len(invfp.reconstruct(targets[:3], workers=8, **kw)) == 3
 
@@ -289,6 +290,72 @@ def test_attempts_search_again_only_where_the_loss_is_above_tol(fung, pt4):
     assert thrice[1].loss <= once[1].loss and thrice[1].steps > once[1].steps
     assert [r.target_index for r in thrice] == [0, 1]
     np.testing.assert_array_equal(thrice[1].atoms.positions, again[1].atoms.positions)
+
+
+def test_workers_deal_the_retries_afresh(fung, pt4, monkeypatch):
+    # The workers take tasks from a queue; a task's unreachable targets go back to it for
+    # their next search at once. The first searches are those of attempts=1.
+    own = fung.featurize(pt4).reshape(1, -1)
+    targets = np.concatenate([own, own, 1.5 * own, 1.6 * own])
+    kw = {"numbers": "Pt4", "cell": 20.0, "representation": fung, "seed": 0, "workers": 2, **SMALL_ADAM, "hops": 1}
+    once = invfp.reconstruct(targets, attempts=1, **kw)
+    ticks = []
+
+    @contextlib.contextmanager
+    def bar(total, label, enabled):
+        yield lambda n=1: ticks.append(n)
+
+    monkeypatch.setattr("invfp.utils.progress_bar", bar)
+    thrice = invfp.reconstruct(targets, attempts=3, **kw)
+    monkeypatch.undo()
+    assert sum(ticks) == 4 and min(ticks) >= 0  # each target counted once
+    again = invfp.reconstruct(targets, attempts=3, **kw)
+    restarts = SMALL_ADAM["restarts"]
+    assert [r.target_index for r in thrice] == [0, 1, 2, 3]
+    for k in (0, 1):
+        assert thrice[k].loss < 5e-4 and thrice[k].loss == once[k].loss and thrice[k].steps == once[k].steps
+    for k in (2, 3):
+        assert len(thrice[k].restart_losses) == 3 * restarts
+        assert thrice[k].restart_losses[:restarts] == once[k].restart_losses
+        assert thrice[k].loss <= once[k].loss and thrice[k].steps > once[k].steps
+        np.testing.assert_array_equal(thrice[k].atoms.positions, again[k].atoms.positions)
+    assert len({r.time for r in thrice}) == 1 and thrice[0].time > 0
+
+
+def test_retry_rows_fill_the_batch_with_the_remaining_searches():
+    from invfp.optimizers.common import retry_rows
+
+    assert retry_rows([], [1, 1], 3, 8) == []
+    assert retry_rows([0, 1, 2], [1, 1, 1], 3, 2) == [0, 1, 2]  # enough targets: one search each
+    assert retry_rows([1], [1, 1], 3, 8) == [1, 1]  # few: all it has left, side by side
+    assert retry_rows([0, 1], [2, 1], 5, 6) == [0, 0, 0, 1, 1, 1]
+    assert retry_rows([0, 1], [4, 1], 5, 6) == [0, 1, 1, 1]
+
+
+def test_with_attempts_runs_the_last_searches_side_by_side():
+    import torch
+
+    from invfp.optimizers.common import with_attempts
+    from invfp.reconstruction import ReconstructionProblem, ReconstructionResult
+
+    problem = ReconstructionProblem(
+        representation=None, targets=torch.arange(3.0)[:, None], numbers=torch.zeros(1, dtype=torch.long), cell=None,
+        pbc=(False,) * 3, device=torch.device("cpu"), dtype=torch.float32, feature_scale=torch.ones(1),
+    )
+    calls, ticks = [], []
+    losses = iter([[0.0, 0.5, 0.4], [0.3, 0.2, 0.01, 0.6], [0.25]])
+
+    def search(prob, advance):
+        calls.append(prob.targets[:, 0].int().tolist())
+        return [ReconstructionResult(Atoms("H"), v, [v], 10, 0.0, k) for k, v in enumerate(next(losses))]
+
+    results = with_attempts(search, problem, attempts=4, tol=0.15, fill=4, progress=ticks.append)
+    # targets 1 and 2 are left: two searches each side by side, then target 1's last one
+    assert calls == [[0, 1, 2], [1, 1, 2, 2], [1]]
+    assert [r.loss for r in results] == [0.0, 0.2, 0.01]
+    assert [r.restart_losses for r in results] == [[0.0], [0.5, 0.3, 0.2, 0.25], [0.4, 0.01, 0.6]]
+    assert [r.steps for r in results] == [10, 40, 30]
+    assert sum(ticks) == 3
 
 
 def test_with_attempts_reports_each_target_once_and_keeps_the_best():

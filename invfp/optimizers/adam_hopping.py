@@ -22,7 +22,7 @@ import torch
 
 from invfp.components import Param, fraction, non_negative, non_negative_int, positive, positive_int
 from invfp.optimizers.common import (
-    ATTEMPTS,
+    SEARCH_PARAMETERS,
     STRUCTURE_PARAMETERS,
     Batch,
     Objective,
@@ -92,7 +92,7 @@ class AdamHopping(SearchAgain):
         ),
         "refine_steps": Param(300, "Adam steps refining the best member of each target.", check=non_negative_int),
         "refine_lr": Param(0.01, "Initial step size (Å) of the refinement.", check=positive),
-        "attempts": ATTEMPTS,
+        **SEARCH_PARAMETERS,
         **STRUCTURE_PARAMETERS,
     }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -133,12 +133,30 @@ class Batch:
         )
 
 
-ATTEMPTS = Param(
-    3, "Whole searches per target: a target whose loss is still above `tol` after a search gets a new one from "
-    "fresh starts, up to this many in all (1: one search; unreachable fingerprints pay every attempt).",
-    check=positive_int,
-)
-"""The ``attempts`` parameter of the built-in optimizers."""
+SEARCH_PARAMETERS: dict[str, Param] = {
+    "attempts": Param(
+        3, "Whole searches per target: a target whose loss is still above `tol` after a search gets a new one "
+        "from fresh starts, up to this many in all (1: one search; unreachable fingerprints pay every attempt).",
+        check=positive_int,
+    ),
+    "fill": Param(
+        8, "Searches per process side by side in the later attempts: when fewer targets than this are left, "
+        "each gets several of its remaining searches at once (a few members alone leave a batch mostly idle, "
+        "so they cost little more than one).", check=positive_int,
+    ),
+}
+"""The ``attempts`` and ``fill`` parameters of the built-in optimizers."""
+
+
+def retry_rows(todo: Sequence[int], used: Sequence[int], attempts: int, fill: int) -> list[int]:
+    """The searches of the next round: each target in ``todo`` once, or more often while fewer than ``fill``.
+
+    ``used[k]`` searches of target ``k`` are done; it gets at most ``attempts - used[k]`` more.
+    """
+    if not todo:
+        return []
+    copies = -(-fill // len(todo))
+    return [k for k in todo for _ in range(min(copies, attempts - used[k]))]
 
 
 def with_attempts(
@@ -147,19 +165,21 @@ def with_attempts(
     *,
     attempts: int,
     tol: float,
+    fill: int = 1,
     progress: Any = None,
 ) -> list[ReconstructionResult]:
     """Run ``search`` on every target, then again on those still above ``tol``, ``attempts`` times in all.
 
-    A later attempt continues the same random stream, so results stay deterministic for a
-    seed. Each target keeps its best structure; its ``restart_losses`` and ``steps`` add
-    up over attempts, and ``time`` is the whole call's wall time amortised over targets.
-    ``search(problem, advance)`` reports targets it reaches through ``advance``; the
-    targets never reached are reported here, once, at the end.
+    The later searches run in rounds (:func:`in_rounds`). A later round continues the same
+    random stream, so results stay deterministic for a seed; ``time`` is the whole call's
+    wall time amortised over targets. ``search(problem, advance)`` reports targets it
+    reaches in the first round through ``advance``; later ones are reported after their
+    round, and those never reached once, at the end.
     """
     clock = timer()
     total = int(problem.targets.shape[0])
     ticked = 0
+    reached: set[int] = set()
 
     def advance(n: int = 1) -> None:
         nonlocal ticked
@@ -169,24 +189,62 @@ def with_attempts(
             if progress is not None:
                 progress(n)
 
-    results = search(problem, advance)
-    for _ in range(attempts - 1):
-        todo = [k for k, r in enumerate(results) if not r.loss < tol]
-        if not todo:
-            break
-        sub = dataclasses.replace(problem, targets=problem.targets[todo])
-        for k, new in zip(todo, search(sub, advance), strict=True):
-            old = results[k]
-            best = new if new.loss < old.loss else old
-            best.restart_losses = old.restart_losses + new.restart_losses
-            best.steps = old.steps + new.steps
-            best.target_index = k
-            results[k] = best
-    advance(total - ticked)
+    def report(rows: Sequence[int]) -> None:
+        reached.update(rows)
+        advance(len(reached) - ticked)  # the first search may have ticked some already
+
+    def run(rows: list[int], round_: int) -> list[ReconstructionResult]:
+        if round_ == 0:
+            return search(problem, advance)
+        return search(dataclasses.replace(problem, targets=problem.targets[rows]), lambda n=1: None)
+
+    results = in_rounds(run, total, attempts=attempts, tol=tol, fill=fill, report=report)
     elapsed = clock() / max(total, 1)
     for result in results:
         result.time = elapsed
     return results
+
+
+def in_rounds(
+    run: Callable[[list[int], int], list[ReconstructionResult]],
+    n: int,
+    *,
+    attempts: int,
+    tol: float,
+    fill: int,
+    report: Callable[[Sequence[int]], Any],
+) -> list[ReconstructionResult]:
+    """Search targets ``0..n-1`` once, then in rounds again while above ``tol``, ``attempts`` searches at most.
+
+    ``run(rows, round)`` returns one search's result for each entry of ``rows`` (round 0:
+    every target once; later rounds: :func:`retry_rows`, so a target may appear several
+    times). Each target keeps its best structure; its ``restart_losses`` and ``steps`` add
+    up over searches. ``report(rows)`` is told the targets reached after each round and
+    every target at the end; it may hear a target more than once.
+    """
+    results: dict[int, ReconstructionResult] = {}
+    used = [0] * n
+    rows = list(range(n))
+    for round_ in range(attempts):
+        for row, new in zip(rows, run(rows, round_), strict=True):
+            best = merge_attempts(results[row], new) if row in results else new
+            best.target_index = row
+            results[row] = best
+            used[row] += 1
+        report([k for k in range(n) if results[k].loss < tol])
+        rows = retry_rows([k for k in range(n) if not results[k].loss < tol and used[k] < attempts], used, attempts, fill)
+        if not rows:
+            break
+    report(range(n))
+    return [results[k] for k in range(n)]
+
+
+def merge_attempts(old: ReconstructionResult, new: ReconstructionResult) -> ReconstructionResult:
+    """One target's result after another search: the better structure, restart losses and steps of both."""
+    best = new if new.loss < old.loss else old
+    best.restart_losses = old.restart_losses + new.restart_losses
+    best.steps = old.steps + new.steps
+    return best
 
 
 class SearchAgain(Optimizer):
@@ -205,8 +263,16 @@ class SearchAgain(Optimizer):
         """Reconstruct every target of ``problem``; one result per target, in order."""
         return with_attempts(
             lambda prob, advance: self._search(prob, generator, advance),
-            problem, attempts=self.params["attempts"], tol=self.params["tol"], progress=progress,
+            problem, attempts=self.params["attempts"], tol=self.params["tol"], fill=self.params["fill"],
+            progress=progress,
         )
+
+    def once(self) -> SearchAgain:
+        """A copy that searches once (``attempts=1``): a caller dealing the retries itself runs this."""
+        copy = type(self).__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.params = {**self.params, "attempts": 1}
+        return copy
 
     def _search(
         self, problem: ReconstructionProblem, generator: torch.Generator, advance: Callable[[int], Any]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from invfp.components import Param, positive, positive_int
-from invfp.optimizers.common import ATTEMPTS, STRUCTURE_PARAMETERS, Batch, SearchAgain, nan_safe
+from invfp.optimizers.common import SEARCH_PARAMETERS, STRUCTURE_PARAMETERS, Batch, SearchAgain, nan_safe
 
 if TYPE_CHECKING:
     from invfp.reconstruction import ReconstructionProblem, ReconstructionResult
@@ -33,7 +33,7 @@ class LBFGS(SearchAgain):
         "max_step": Param(0.3, "Largest displacement of any atom in one iteration (Å).", check=positive),
         "loss": Param("mse", "Fingerprint loss: 'mse' (smooth, suits L-BFGS) or 'mae'.", choices=("mae", "mse")),
         "tol": Param(1e-4, "A target is done when a member's raw fingerprint MAE falls below this.", check=positive),
-        "attempts": ATTEMPTS,
+        **SEARCH_PARAMETERS,
         **STRUCTURE_PARAMETERS,
     }
 
