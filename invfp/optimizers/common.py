@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -269,10 +270,9 @@ class SearchAgain(Optimizer):
 
     def once(self) -> SearchAgain:
         """A copy that searches once (``attempts=1``): a caller dealing the retries itself runs this."""
-        copy = type(self).__new__(type(self))
-        copy.__dict__.update(self.__dict__)
-        copy.params = {**self.params, "attempts": 1}
-        return copy
+        single = copy.copy(self)
+        single.params = {**self.params, "attempts": 1}
+        return single
 
     def _search(
         self, problem: ReconstructionProblem, generator: torch.Generator, advance: Callable[[int], Any]
