@@ -461,8 +461,9 @@ class _Job:
         """Results for the targets ``rows`` (indices into ``targets``), in that order."""
         import torch
 
-        from invfp.utils import make_generator
+        from invfp.utils import denormals_flushed, keep_freed_memory, make_generator
 
+        keep_freed_memory()
         rows = list(rows)
         dev, dtype = self.device, self.dtype
         problem = ReconstructionProblem(
@@ -475,7 +476,8 @@ class _Job:
             dtype=dtype,
             feature_scale=torch.as_tensor(self.scale, device=dev, dtype=dtype),
         )
-        results = self.optimizer.run(problem, generator=make_generator(seed, dev), progress=advance)
+        with denormals_flushed():
+            results = self.optimizer.run(problem, generator=make_generator(seed, dev), progress=advance)
         if len(results) != len(rows):
             raise ConfigError(
                 f"optimizer {self.optimizer.name!r} returned {len(results)} results for {len(rows)} targets"
