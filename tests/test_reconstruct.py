@@ -323,6 +323,23 @@ def test_workers_deal_the_retries_afresh(fung, pt4, monkeypatch):
     assert len({r.time for r in thrice}) == 1 and thrice[0].time > 0
 
 
+def test_identical_targets_are_one_target_searched_side_by_side(fung, pt4):
+    # The retry rounds search a hard target several times in one batch. The copies stop as
+    # soon as one of them reaches tol and all return its structure; targets that differ
+    # (here by 1e-6, still reachable) are searched apart, on the same random streams.
+    own = fung.featurize(pt4).reshape(1, -1)
+    kw = {"numbers": "Pt4", "cell": 20.0, "representation": fung, "seed": 0, "attempts": 1}
+    kw.update(restarts=2, screen=0, hops=4, steps=150)
+    same = invfp.reconstruct(np.repeat(own, 3, axis=0), **kw)
+    apart = invfp.reconstruct(np.concatenate([own, own * (1 + 1e-6), own * (1 - 1e-6)]), **kw)
+    assert all(r.loss < 5e-4 for r in same + apart)
+    for r in same[1:]:
+        np.testing.assert_array_equal(r.atoms.positions, same[0].atoms.positions)
+    assert len({tuple(r.atoms.positions.ravel()) for r in apart}) == 3
+    assert max(r.steps for r in same) <= min(r.steps for r in apart)
+    assert sum(r.steps for r in same) < sum(r.steps for r in apart)  # measured: 1,800 against 2,370
+
+
 def test_retry_rows_fill_the_batch_with_the_remaining_searches():
     from invfp.optimizers.common import retry_rows
 

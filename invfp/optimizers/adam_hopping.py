@@ -104,6 +104,11 @@ class AdamHopping(SearchAgain):
         b = Batch.of(problem, p)
         n_targets, restarts, members, dev, dt = b.n_targets, b.restarts, b.members, b.device, b.dtype
         objective, target_of = b.objective, b.target_of
+        # Identical targets are one target (the retry rounds search a hard one several times
+        # side by side): a member reaching tol finishes every copy, and all copies return
+        # the best structure found for any of them.
+        group = torch.unique(problem.targets, dim=0, return_inverse=True)[1]
+        n_groups = int(group.max()) + 1 if n_targets else 0
 
         screen_used = torch.zeros(n_targets, dtype=torch.long, device=dev)
         screen = p["screen"] if p["screen"] is not None else (0 if problem.periodic else 20)
@@ -139,7 +144,7 @@ class AdamHopping(SearchAgain):
             idx = torch.nonzero(active).squeeze(1)
             x_end, f_end, raw_end, used = self._descend(
                 objective, start[idx], target_of[idx], p["steps"], lr, lr * p["lr_end"],
-                generator=generator, noise=0.0 if polish else p["noise"],
+                generator=generator, noise=0.0 if polish else p["noise"], group=group,
             )
             steps[idx] += used
             f_new = torch.full_like(f_cur, math.inf)
@@ -183,6 +188,10 @@ class AdamHopping(SearchAgain):
                     f_cur[dst] = f_cur[src]
             reached = torch.zeros(n_targets, dtype=torch.bool, device=dev)
             reached.index_put_((target_of,), raw_best < p["tol"], accumulate=True)
+            if n_groups < n_targets:
+                reached = torch.zeros(n_groups, dtype=torch.bool, device=dev).index_put_(
+                    (group,), reached, accumulate=True
+                )[group]
             newly = reached & ~done
             done |= reached
             if int(newly.sum()):
@@ -201,6 +210,16 @@ class AdamHopping(SearchAgain):
             steps[pick] += used
             keep = f_ref < f_best[pick]
             x_final = torch.where(keep[:, None, None], x_ref, x_final)
+            f_final = torch.where(keep, f_ref, f_best[pick])
+        else:
+            f_final = f_best[pick]
+        if n_groups < n_targets:  # every copy of a target takes the best of its copies
+            rows = torch.arange(n_targets, device=dev)
+            low = torch.full((n_groups,), math.inf, device=dev, dtype=dt).scatter_reduce(0, group, f_final, "amin")
+            first = torch.full((n_groups,), n_targets, device=dev).scatter_reduce(
+                0, group, torch.where(f_final == low[group], rows, n_targets), "amin"
+            )
+            x_final = x_final[first[group]]
         restart_losses = raw_best.view(n_targets, restarts).cpu().tolist()
         per_target = (steps.view(n_targets, restarts).sum(1) + screen_used).cpu().tolist()
         # time: with_attempts sets it from the whole call (all searches).
@@ -247,11 +266,13 @@ class AdamHopping(SearchAgain):
         generator: torch.Generator,
         noise: float = 0.0,
         patience: int | None = None,
+        group: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Adam from ``x0`` for each member; returns the best point, objective, raw MAE, steps used.
 
         Members leave the active set when they plateau (no 1 % gain over ``patience``
-        steps) or reach ``tol``; the active tensors are compacted so they cost nothing.
+        steps) or reach ``tol``, with every member of their target (of its ``group`` of
+        identical targets, if given); the active tensors are compacted so they cost nothing.
         """
         p = self.params
         patience = patience or p["patience"]
@@ -296,7 +317,8 @@ class AdamHopping(SearchAgain):
             if t % patience == 0 or last:
                 stalled = f_act > 0.99 * checkpoint
                 # Once one member reaches its target, its siblings need not go on.
-                solved = torch.isin(tgt, tgt[raw_act < p["tol"]])
+                same = tgt if group is None else group[tgt]
+                solved = torch.isin(same, same[raw_act < p["tol"]])
                 finished = stalled | solved | last
                 checkpoint = f_act.clone()
                 if bool(finished.any()):
