@@ -14,6 +14,7 @@ Finally the best member of each target is refined with a small step size.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,9 @@ class AdamHopping(SearchAgain):
             "its target's best, kicked by `polish_size` and descending from `polish_lr` (some misses lie a "
             "few tenths of an Å from the answer).", check=non_negative_int,
         ),
-        "polish_size": Param(0.1, "Standard deviation (Å) of a polish hop's displacement.", check=non_negative),
+        # 0.2 against 0.1 (attempts=10): 55/60 against 51/60 of the released fingerprints 0-59
+        # below MAE 1e-3, and 47.3 against 46.0 of the 50 EMT Pt10 structures over 3 seeds.
+        "polish_size": Param(0.2, "Standard deviation (Å) of a polish hop's displacement.", check=non_negative),
         "polish_lr": Param(0.03, "Initial Adam step size (Å) of a polish descent.", check=positive),
         "noise": Param(
             0.03, "Random kick per step (Å) at the start of a descent, cooling to zero with the schedule.",
@@ -93,6 +96,10 @@ class AdamHopping(SearchAgain):
         "refine_steps": Param(300, "Adam steps refining the best member of each target.", check=non_negative_int),
         "refine_lr": Param(0.01, "Initial step size (Å) of the refinement.", check=positive),
         **SEARCH_PARAMETERS,
+        # Ten searches (not three): on the 50 EMT Pt10 structures 46-49/50 recovered at
+        # 3.1-3.9 s/structure on 2 cores (three: 45-46/50 at 2.1-2.3 s); only targets still
+        # above tol pay for the later searches, which share batches.
+        "attempts": dataclasses.replace(SEARCH_PARAMETERS["attempts"], default=10),
         **STRUCTURE_PARAMETERS,
     }
 
