@@ -63,3 +63,18 @@ def test_table1_models_dir_reuses_the_trained_cvae(tmp_path):
     (models / "n60" / "table1.json").write_text("{not json")
     proc = _table1("--models-dir", str(models))
     assert proc.returncode != 0 and "cannot read table1.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_reconstruct_tiny():
+    # Item 1 on 2 structures with a tiny search, so that the script never rots.
+    options = {"attempts": 1, "restarts": 2, "screen": 0, "hops": 0, "steps": 20, "polish": 0, "refine_steps": 0}
+    cmd = [
+        sys.executable, str(BENCHMARKS / "bench_reconstruct.py"), "--items", "1", "--n", "2", "--workers", "1",
+        "--search-seed", "3", "--options", json.dumps(options),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[1] EMT Pt10, 2 structures" in proc.stdout
+    recovered = proc.stdout.split("recovered (RMSD <= 0.1 Å): ")[1].split("/")[0]
+    assert 0 <= int(recovered) <= 2
+    assert "s per structure (1 worker process(es)" in proc.stdout
