@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import tempfile
@@ -152,9 +153,7 @@ def make_generator(seed: int | None, device: Any = "cpu") -> Any:
     return gen
 
 
-_FREED_MEMORY_KEPT = False
-
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
@@ -163,13 +162,10 @@ def keep_freed_memory() -> bool:
     ones, heap trimming for the rest) and each new one page-faults back in, zero-filled:
     about 1,000 page faults per objective call at 96 Pt10 members. Here blocks below
     32 MiB come from the heap and up to 1 GiB of freed heap is kept, so a process's
-    memory stays near its peak while it works. Called once per process, where
-    reconstruction runs; a no-op off glibc or with ``INVFP_KEEP_MEMORY=0``. Returns
-    whether the setting is in effect.
+    memory stays near its peak while it works. Called where reconstruction runs; the
+    first call decides for the process (cached). A no-op off glibc or with
+    ``INVFP_KEEP_MEMORY=0``. Returns whether the setting is in effect.
     """
-    global _FREED_MEMORY_KEPT
-    if _FREED_MEMORY_KEPT:
-        return True
     if os.environ.get("INVFP_KEEP_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     import ctypes
@@ -179,8 +175,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    _FREED_MEMORY_KEPT = bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
-    return _FREED_MEMORY_KEPT
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 @contextlib.contextmanager

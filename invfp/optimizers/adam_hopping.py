@@ -114,8 +114,8 @@ class AdamHopping(SearchAgain):
         # Identical targets are one target (the retry rounds search a hard one several times
         # side by side): a member reaching tol finishes every copy, and all copies return
         # the best structure found for any of them.
-        group = torch.unique(problem.targets, dim=0, return_inverse=True)[1]
-        n_groups = int(group.max()) + 1 if n_targets else 0
+        unique, group = torch.unique(problem.targets, dim=0, return_inverse=True)
+        n_groups = len(unique)
 
         screen_used = torch.zeros(n_targets, dtype=torch.long, device=dev)
         screen = p["screen"] if p["screen"] is not None else (0 if problem.periodic else 20)
@@ -193,12 +193,8 @@ class AdamHopping(SearchAgain):
                 else:
                     x_cur[dst] = x_cur[src]
                     f_cur[dst] = f_cur[src]
-            reached = torch.zeros(n_targets, dtype=torch.bool, device=dev)
-            reached.index_put_((target_of,), raw_best < p["tol"], accumulate=True)
-            if n_groups < n_targets:
-                reached = torch.zeros(n_groups, dtype=torch.bool, device=dev).index_put_(
-                    (group,), reached, accumulate=True
-                )[group]
+            reached = torch.zeros(n_groups, dtype=torch.bool, device=dev)
+            reached = reached.index_put_((group[target_of],), raw_best < p["tol"], accumulate=True)[group]
             newly = reached & ~done
             done |= reached
             if int(newly.sum()):
