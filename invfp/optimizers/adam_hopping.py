@@ -97,8 +97,8 @@ class AdamHopping(SearchAgain):
         "refine_lr": Param(0.01, "Initial step size (Å) of the refinement.", check=positive),
         **SEARCH_PARAMETERS,
         # Ten searches (not three): on the 50 EMT Pt10 structures 46-49/50 recovered at
-        # 3.1-3.9 s/structure on 2 cores (three: 45-46/50 at 2.1-2.3 s); only targets still
-        # above tol pay for the later searches, which share batches.
+        # 3.1-4.2 s/structure on 2 cores over five search seeds (three: 45-46/50 at 2.1-2.3 s);
+        # only targets still above tol pay for the later searches, which share batches.
         "attempts": dataclasses.replace(SEARCH_PARAMETERS["attempts"], default=10),
         **STRUCTURE_PARAMETERS,
     }
