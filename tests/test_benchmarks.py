@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -77,4 +78,8 @@ def test_bench_reconstruct_tiny():
     assert "[1] EMT Pt10, 2 structures" in proc.stdout
     recovered = proc.stdout.split("recovered (RMSD <= 0.1 Å): ")[1].split("/")[0]
     assert 0 <= int(recovered) <= 2
+    # Each miss is printed as (index into the set, RMSD, MAE): as many as were not recovered.
+    misses = ast.literal_eval(proc.stdout.split("failures (index, RMSD Å, MAE): ")[1].splitlines()[0])
+    assert len(misses) == 2 - int(recovered)
+    assert all(index in (0, 1) and rmsd > 0.1 for index, rmsd, _ in misses)
     assert "s per structure (1 worker process(es)" in proc.stdout
