@@ -74,6 +74,10 @@ class ReconstructionProblem:
     dtype: torch.dtype
     feature_scale: torch.Tensor
     """Per-feature scale ``[D]``: optimizers minimise errors divided by it (ones = raw)."""
+    start: torch.Tensor | None = None
+    """Caller's starting positions ``[B, N, 3]`` (one per target), or ``None``: random starts.
+    Only optimizers with ``supports_start = True`` are given one; they begin every member
+    of a target there (see :meth:`initial_positions`)."""
 
     @property
     def n_atoms(self) -> int:
@@ -136,6 +140,37 @@ class ReconstructionProblem:
         if self.cell is not None:
             pos = pos + 0.5 * self.cell.sum(0)
         return pos
+
+    def initial_positions(
+        self,
+        target_of: torch.Tensor,
+        generator: torch.Generator,
+        *,
+        kick: float,
+        packing: float = PACKING,
+        packing_min: float | None = None,
+    ) -> torch.Tensor:
+        """Starting positions ``[M, N, 3]`` of members working on targets ``target_of`` ``[M]``.
+
+        Without :attr:`start`: :meth:`random_positions`. With it: every member starts at
+        its target's start positions, the first member of each target (in ``target_of``
+        order) exactly there and the others displaced by Gaussian noise of ``kick`` Å per
+        coordinate, so a search can both refine the start and look around it.
+        """
+        import torch
+
+        if self.start is None:
+            return self.random_positions(target_of.shape[0], generator, packing=packing, packing_min=packing_min)
+        x = self.start[target_of].clone()
+        first = torch.ones_like(target_of, dtype=torch.bool)
+        first[1:] = target_of[1:] != target_of[:-1]
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x + kick * noise * (~first)[:, None, None]
+
+    def subset(self, rows: Sequence[int] | torch.Tensor) -> ReconstructionProblem:
+        """The same problem for the targets ``rows`` only (with their start positions)."""
+        start = None if self.start is None else self.start[rows]
+        return dataclasses.replace(self, targets=self.targets[rows], start=start)
 
     def overlap_penalty(self, positions: torch.Tensor, factor: float) -> torch.Tensor:
         """Soft penalty ``[M]`` on pairs closer than ``factor`` × the sum of covalent radii.
@@ -301,6 +336,55 @@ def _as_targets(targets: Any) -> np.ndarray:
     return arr
 
 
+def _as_start(start: Any, n_targets: int, numbers: np.ndarray) -> np.ndarray | None:
+    """The caller's start positions as ``[B, N, 3]`` float64 (one structure per target), or ``None``.
+
+    Accepts an ``ase.Atoms`` or a list of them (numbers in the order of the composition)
+    or Cartesian positions ``[N, 3]`` / ``[B, N, 3]`` in Å; one structure serves every target.
+    """
+    if start is None:
+        return None
+    from ase import Atoms
+
+    frames = [start] if isinstance(start, Atoms) else start
+    if isinstance(frames, (list, tuple)) and frames and all(isinstance(a, Atoms) for a in frames):
+        for k, atoms in enumerate(frames):
+            if len(atoms) != len(numbers) or not np.array_equal(atoms.numbers, numbers):
+                got = atoms.get_chemical_formula(mode="reduce") if len(atoms) else "no atoms"
+                raise InputError(
+                    f"start structure {k} ({got}, {len(atoms)} atoms) does not match the targets' composition "
+                    f"{_formula(numbers)}; give structures with those atoms, in the order of numbers"
+                )
+        arr = np.stack([a.positions for a in frames]).astype(np.float64)
+    else:
+        if hasattr(start, "detach"):
+            start = start.detach().cpu().numpy()
+        try:
+            arr = np.asarray(start, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"start must be ase.Atoms, a list of them or positions [N, 3] / [B, N, 3]: {exc}") from exc
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3 or arr.shape[1:] != (len(numbers), 3):
+            raise InputError(
+                f"start positions must have shape [{len(numbers)}, 3] or [B, {len(numbers)}, 3] for "
+                f"{_formula(numbers)}, got {list(arr.shape)}"
+            )
+    if arr.shape[0] not in (1, n_targets):
+        raise InputError(
+            f"{arr.shape[0]} start structures for {n_targets} targets; give one for all or one per target"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise InputError("start positions contain NaN or inf")
+    return np.ascontiguousarray(np.broadcast_to(arr, (n_targets, *arr.shape[1:])))
+
+
+def _formula(numbers: np.ndarray) -> str:
+    from ase import Atoms
+
+    return Atoms(numbers=numbers).get_chemical_formula(mode="reduce")
+
+
 def _check_fit(numbers: np.ndarray, cell: np.ndarray | None, pbc: tuple[bool, bool, bool]) -> None:
     """Refuse compositions that cannot fit the cell (the optimizer would only squash atoms)."""
     if cell is None:
@@ -346,6 +430,7 @@ def reconstruct(
     progress: bool = False,
     feature_scale: Any = None,
     workers: int = 1,
+    start: Any = None,
     **options: Any,
 ) -> list[ReconstructionResult]:
     """Find atoms whose fingerprints match ``targets``.
@@ -374,6 +459,12 @@ def reconstruct(
             cores about N times the throughput of one process. The same seed and the same
             ``workers`` give the same structures; a different ``workers`` splits the
             random streams differently. CPU only (a GPU batches every target already).
+        start: begin the search from these structures instead of random ones: an
+            ``ase.Atoms`` or a list of them (the composition's atoms, in its order) or
+            positions ``[N, 3]`` / ``[B, N, 3]`` in Å; one for every target or one per target.
+            Each target's first restart starts exactly there, the others displaced by
+            ``start_kick`` Å (no screening of random starts). For one local refinement
+            per target use ``optimizer="lbfgs", restarts=1, attempts=1``.
         **options: parameters of the optimizer (``restarts``, ``hops``, ...); only
             with an optimizer given by name.
 
@@ -423,6 +514,11 @@ def reconstruct(
                 "pass the optimizer by name or set the options on the object"
             )
         opt = create("optimizer", optimizer)
+    start_arr = _as_start(start, len(arr), z)
+    if start_arr is not None and not getattr(opt, "supports_start", False):
+        raise ConfigError(
+            f"optimizer {opt.name!r} does not take start positions; use adam-hopping or lbfgs, or drop start"
+        )
     dim = rep.dim(z)
     if arr.shape[1] != dim:
         raise InputError(
@@ -433,7 +529,7 @@ def reconstruct(
     scale = _feature_scale(feature_scale, arr)
 
     rep = rep.to(device=dev, dtype=dtype)
-    job = _Job(rep, opt, arr, z, cell_arr, pbc_t, dev, dtype, scale)
+    job = _Job(rep, opt, arr, z, cell_arr, pbc_t, dev, dtype, scale, start_arr)
     shards = min(workers, len(arr))
     with progress_bar(len(arr), "reconstruct", enabled=progress) as advance:
         if shards == 1:
@@ -454,6 +550,7 @@ class _Job:
     device: Any
     dtype: Any
     scale: np.ndarray
+    start: np.ndarray | None = None
 
     def solve(
         self, rows: Sequence[int], seed: int | None, advance: Callable[..., Any] | None = None
@@ -475,6 +572,7 @@ class _Job:
             device=dev,
             dtype=dtype,
             feature_scale=torch.as_tensor(self.scale, device=dev, dtype=dtype),
+            start=None if self.start is None else torch.as_tensor(self.start[rows], device=dev, dtype=dtype),
         )
         with denormals_flushed():
             results = self.optimizer.run(problem, generator=make_generator(seed, dev), progress=advance)

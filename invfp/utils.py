@@ -196,3 +196,23 @@ def denormals_flushed() -> Iterator[None]:
     finally:
         if flushing:
             torch.set_flush_denormal(False)
+
+
+def read_structures(path: Any) -> list[Any]:
+    """Every frame of a structure file ASE can read (``ase.Atoms`` list).
+
+    Raises:
+        InputError: the file is missing, unreadable, or holds no structures.
+    """
+    from ase.io import read
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        found = read(path, index=":")
+    except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
+        raise InputError(f"{path}: ASE cannot read it ({type(exc).__name__}: {exc})") from exc
+    if not found:
+        raise InputError(f"{path}: no structures found (is it a structure file ASE can read?)")
+    return list(found)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -458,3 +459,113 @@ def test_reconstruction_flushes_denormals_only_while_it_runs():
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush denormals")
     assert flushed == 0.0
+
+
+@pytest.fixture(scope="module")
+def pt10() -> Atoms:
+    """A compact Pt10 fragment of fcc Pt, rattled: random starts rarely find it with a small budget."""
+    crystal = bulk("Pt", "fcc", a=3.92, cubic=True).repeat(3)
+    centre = crystal.positions.mean(0)
+    near = np.argsort(np.linalg.norm(crystal.positions - centre, axis=1))[:10]
+    atoms = Atoms("Pt10", positions=crystal.positions[near] - crystal.positions[near].mean(0), cell=[20] * 3)
+    atoms.rattle(0.15, seed=3)
+    return atoms
+
+
+# One local descent per target (the near-answer basins of fung2022 are narrow: Adam needs
+# a small step and the patience to creep; L-BFGS gets there in ~100 steps).
+LOCAL_ADAM = {"restarts": 1, "hops": 0, "polish": 0, "attempts": 1, "lr": 0.01, "noise": 0.0, "patience": 200,
+              "steps": 400, "refine_steps": 100}
+LOCAL = {"optimizer": "lbfgs", "restarts": 1, "attempts": 1}
+
+
+@pytest.mark.parametrize(("optimizer", "options"), [("adam-hopping", LOCAL_ADAM), ("lbfgs", {"restarts": 1, "attempts": 1})])
+def test_start_positions_begin_the_search_there(fung, pt10, optimizer, options):
+    target = fung.featurize(pt10)
+    guess = pt10.copy()
+    guess.rattle(0.1, seed=4)  # a guess 0.1 Å (per coordinate) off the answer
+    kw = {"numbers": "Pt10", "cell": 20.0, "representation": fung, "optimizer": optimizer, "seed": 0, **options}
+    (from_guess,) = invfp.reconstruct(target, start=guess, **kw)
+    (from_random,) = invfp.reconstruct(target, **kw)
+    assert from_guess.loss < 5e-4 and rmsd(pt10, from_guess.atoms, allow_reflection=True) < 0.02
+    assert from_random.loss > 10 * from_guess.loss  # one local search from a random start gets nowhere near
+    # positions [N, 3] work as well as Atoms
+    (same,) = invfp.reconstruct(target, start=guess.positions, **kw)
+    np.testing.assert_allclose(same.atoms.positions, from_guess.atoms.positions, atol=1e-5)
+
+
+def test_start_gives_each_target_its_own_structure_across_workers(fung, pt10):
+    other = pt10.copy()
+    other.positions[[2, 7]] += [[0.0, 0.0, 0.5], [0.4, 0.0, 0.0]]
+    truths = [pt10, other]
+    guesses = [a.copy() for a in truths]
+    for k, g in enumerate(guesses):
+        g.rattle(0.08, seed=20 + k)
+    kw = {"numbers": "Pt10", "cell": 20.0, "representation": fung, "seed": 1, "start": guesses, **LOCAL}
+    results = invfp.reconstruct(fung.featurize(truths), workers=2, **kw)
+    for truth, res in zip(truths, results, strict=True):
+        assert rmsd(truth, res.atoms, allow_reflection=True) < 0.02
+    again = invfp.reconstruct(fung.featurize(truths), workers=2, **kw)
+    for a, b in zip(results, again, strict=True):
+        np.testing.assert_array_equal(a.atoms.positions, b.atoms.positions)
+
+
+def test_initial_positions_keep_the_first_restart_and_kick_the_others():
+    import torch
+
+    problem = _problem("Pt4")
+    start = torch.arange(24, dtype=torch.float64).reshape(2, 4, 3)
+    problem = dataclasses.replace(problem, targets=torch.zeros(2, 1), start=start)
+    target_of = torch.tensor([0, 0, 0, 1, 1, 1])
+    x = problem.initial_positions(target_of, torch.Generator().manual_seed(0), kick=0.3)
+    assert torch.equal(x[0], start[0]) and torch.equal(x[3], start[1])
+    kicks = torch.cat([x[1:3] - start[0], x[4:6] - start[1]])
+    assert 0.15 < float(kicks.std()) < 0.45 and bool((kicks != 0).all())
+    assert torch.equal(problem.subset([1]).start, start[1:])
+
+
+def test_start_bad_input_gives_clear_errors(fung, pt10, pt4):
+    from invfp.optimizers.base import Optimizer
+
+    target = fung.featurize(pt10)
+    kw = {"numbers": "Pt10", "cell": 20.0, "representation": fung, **LOCAL}
+    with pytest.raises(InputError, match="start structure 0 .*Pt4.* does not match .*Pt10"):
+        invfp.reconstruct(target, start=pt4, **kw)
+    with pytest.raises(InputError, match=r"shape \[10, 3\] or \[B, 10, 3\]"):
+        invfp.reconstruct(target, start=np.zeros((9, 3)), **kw)
+    with pytest.raises(InputError, match="3 start structures for 2 targets"):
+        invfp.reconstruct(np.stack([target, target]), start=[pt10] * 3, **kw)
+    nan = pt10.positions.copy()
+    nan[0, 0] = np.nan
+    with pytest.raises(InputError, match="start positions contain NaN"):
+        invfp.reconstruct(target, start=nan, **kw)
+
+    class Plain(Optimizer):
+        name = "plain"
+
+    with pytest.raises(ConfigError, match="'plain' does not take start positions"):
+        invfp.reconstruct(target, numbers="Pt10", cell=20.0, representation=fung, optimizer=Plain(), start=pt10)
+
+
+def test_cli_start_file(fung, pt10, pt4, tmp_path):
+    from ase.io import write
+
+    np.save(tmp_path / "R.npy", fung.featurize(pt10))
+    guess = pt10.copy()
+    guess.rattle(0.1, seed=4)
+    write(tmp_path / "guess.extxyz", guess)
+    out = tmp_path / "out.extxyz"
+    args = [str(tmp_path / "R.npy"), "--formula", "Pt10", "--cell", "20", "--preset", "fung2022", "--seed", "0",
+            "--device", "cpu", "--workers", "1", "--optimizer", "lbfgs", "--restarts", "1", "--option", "attempts=1",
+            "-q"]
+    done = _cli(*args, "--start", str(tmp_path / "guess.extxyz"), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    (frame,) = read(out, index=":")
+    assert frame.info["loss"] < 5e-4 and rmsd(pt10, frame, allow_reflection=True) < 0.02
+
+    write(tmp_path / "pt4.extxyz", pt4)
+    bad = _cli(*args, "--start", str(tmp_path / "pt4.extxyz"), "-o", str(tmp_path / "x.extxyz"))
+    assert bad.returncode == 2 and "does not match" in bad.stderr and "Traceback" not in bad.stderr
+    missing = _cli(*args, "--start", str(tmp_path / "nope.extxyz"), "-o", str(tmp_path / "x.extxyz"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    assert not (tmp_path / "x.extxyz").exists()

@@ -47,26 +47,17 @@ def featurize(
 
     import numpy as np
     import torch
-    from ase.io import read
 
     import invfp
     from invfp.errors import InputError
-    from invfp.utils import atomic_write, check_output_path, resolve_device
+    from invfp.utils import atomic_write, check_output_path, read_structures, resolve_device
 
     for path in files:
         if not path.is_file():
             raise InputError(f"{path}: no such file")
     check_output_path(output)
     rep = invfp.get_representation(representation, **params)
-    frames = []
-    for path in files:
-        try:
-            found = read(path, index=":")
-        except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
-            raise InputError(f"{path}: ASE cannot read it ({type(exc).__name__}: {exc})") from exc
-        if not found:
-            raise InputError(f"{path}: no structures found (is it a structure file ASE can read?)")
-        frames.extend(found)
+    frames = [atoms for path in files for atoms in read_structures(path)]
     values = rep.featurize(
         frames,
         batch_size=batch_size,

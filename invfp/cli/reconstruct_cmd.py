@@ -64,6 +64,10 @@ def reconstruct(
         None, "--workers", help="Single-threaded worker processes, each on a shard of the targets (default: one "
         "per CPU core, 1 on a GPU). The same seed and --workers give the same structures.", min=1,
     ),
+    start: Path = typer.Option(
+        None, "--start", help="Start from these structures (any file ASE reads: one frame for every target, or one "
+        "per target) instead of random ones.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Reconstruct atoms from fingerprints; each frame's info carries its loss (MAE)."""
@@ -72,7 +76,7 @@ def reconstruct(
     import invfp
     from invfp.cli.app import key_values
     from invfp.plugins import create
-    from invfp.utils import atomic_write, check_output_path
+    from invfp.utils import atomic_write, check_output_path, read_structures
 
     if output.suffix not in (".extxyz", ".xyz"):
         from invfp.cli.app import error
@@ -80,6 +84,7 @@ def reconstruct(
         error(f"--output {str(output)!r}: write .extxyz (or .xyz)")
     check_output_path(output)
     targets = _load_targets(fingerprints)
+    start_frames = None if start is None else read_structures(start)
     rep_params = key_values(param, "--param", "r_cut=6.0")
     if preset is not None:
         rep_params["preset"] = preset
@@ -107,6 +112,7 @@ def reconstruct(
         progress=not quiet,
         feature_scale=feature_scale,
         workers=workers,
+        start=start_frames,
         **options,
     )
 

@@ -40,6 +40,7 @@ class AdamHopping(SearchAgain):
     """Batched Adam + Metropolis basin hopping with restarts and a final refinement."""
 
     name = "adam-hopping"
+    supports_start = True
     description = "Batched Adam with basin hopping (Metropolis), restarts and a final refinement."
     parameters = {
         "restarts": Param(
@@ -119,10 +120,12 @@ class AdamHopping(SearchAgain):
 
         screen_used = torch.zeros(n_targets, dtype=torch.long, device=dev)
         screen = p["screen"] if p["screen"] is not None else (0 if problem.periodic else 20)
-        if screen > 1:
+        if screen > 1 and problem.start is None:
             x_cur, screen_used = self._screen(objective, problem, n_targets, restarts, screen, generator)
         else:
-            x_cur = problem.random_positions(members, generator, packing=p["packing"], packing_min=p["packing_min"])
+            x_cur = problem.initial_positions(
+                target_of, generator, kick=p["start_kick"], packing=p["packing"], packing_min=p["packing_min"]
+            )
         f_cur = torch.full((members,), math.inf, device=dev, dtype=dt)
         x_best = x_cur.clone()
         f_best = torch.full((members,), math.inf, device=dev, dtype=dt)

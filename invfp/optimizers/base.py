@@ -20,6 +20,10 @@ class Optimizer(Component):
     """Base class of optimizer plugins."""
 
     kind: ClassVar[str] = "optimizer"
+    supports_start: ClassVar[bool] = False
+    """Whether :meth:`run` honours :attr:`ReconstructionProblem.start
+    <invfp.reconstruction.ReconstructionProblem.start>` (the caller's start positions);
+    :func:`invfp.reconstruct` refuses ``start=`` for optimizers that do not."""
 
     def __init__(self, **params: Any) -> None:
         self.params = self.resolve_params(params)

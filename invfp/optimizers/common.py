@@ -29,6 +29,10 @@ STRUCTURE_PARAMETERS: dict[str, Param] = {
         None, "Clusters: each start draws its packing log-uniformly between this and `packing` (None: all "
         "at `packing`); spread-out targets need spread-out starts.", check=fraction,
     ),
+    "start_kick": Param(
+        0.3, "With start positions: standard deviation (Å) of the displacement of every restart but the first "
+        "of each target.", check=non_negative,
+    ),
     "chunk": Param(
         None, "At most this many members per representation call (default: by system size).", check=positive_int
     ),
@@ -197,7 +201,7 @@ def with_attempts(
     def run(rows: list[int], round_: int) -> list[ReconstructionResult]:
         if round_ == 0:
             return search(problem, advance)
-        return search(dataclasses.replace(problem, targets=problem.targets[rows]), lambda n=1: None)
+        return search(problem.subset(rows), lambda n=1: None)
 
     results = in_rounds(run, total, attempts=attempts, tol=tol, fill=fill, report=report)
     elapsed = clock() / max(total, 1)

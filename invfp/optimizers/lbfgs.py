@@ -25,6 +25,7 @@ class LBFGS(SearchAgain):
     """Independent batched L-BFGS per member, random restarts, best member per target."""
 
     name = "lbfgs"
+    supports_start = True
     description = "Batched L-BFGS on the fingerprint loss, with random restarts."
     parameters = {
         "restarts": Param(32, "Independent random starts per target, optimised together.", check=positive_int),
@@ -46,7 +47,9 @@ class LBFGS(SearchAgain):
         n_targets, restarts, members, dev, dt = b.n_targets, b.restarts, b.members, b.device, b.dtype
         objective, target_of = b.objective, b.target_of
 
-        x = problem.random_positions(members, generator, packing=p["packing"], packing_min=p["packing_min"])
+        x = problem.initial_positions(
+            target_of, generator, kick=p["start_kick"], packing=p["packing"], packing_min=p["packing_min"]
+        )
         shape = x.shape
         best_x = x.clone()
         best_f = torch.full((members,), math.inf, device=dev, dtype=dt)
