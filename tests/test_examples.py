@@ -37,6 +37,8 @@ def test_reconstruct_one(tmp_path):
     out = run_example("reconstruct_one.py", "--quick", cache=tmp_path)
     assert number(r"RMSD to the truth: ([\d.]+)", out) <= 0.1
     assert number(r"reconstruction loss \(MAE\): ([\d.e+-]+)", out) < 1e-3
+    assert number(r"guess RMSD to the truth: ([\d.]+)", out) > 0.1
+    assert number(r"refined from the guess: RMSD ([\d.]+)", out) <= 0.05
 
 
 def test_crystal(tmp_path):
