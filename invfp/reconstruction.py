@@ -473,8 +473,10 @@ def reconstruct(
 
     Raises:
         InputError: malformed, non-finite or wrong-dimension targets; a bad composition
-            or cell; atoms that do not fit the cell.
-        ConfigError: bad optimizer parameters, dtype, device or feature scale.
+            or cell; atoms that do not fit the cell; start structures of another
+            composition or shape, or one count of them for another of targets.
+        ConfigError: bad optimizer parameters, dtype, device or feature scale; ``start``
+            with an optimizer that does not take it.
         UnknownComponentError: an unknown representation or optimizer name.
     """
     from invfp.plugins import create
