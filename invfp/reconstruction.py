@@ -318,13 +318,18 @@ def _feature_scale(feature_scale: Any, targets: np.ndarray) -> np.ndarray:
     return scale
 
 
-def _as_targets(targets: Any) -> np.ndarray:
-    if hasattr(targets, "detach"):
-        targets = targets.detach().cpu().numpy()
+def _float_array(value: Any, expected: str) -> np.ndarray:
+    """``value`` (NumPy, torch or nested lists) as float64; InputError saying what was ``expected``."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
     try:
-        arr = np.asarray(targets, dtype=np.float64)
+        return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"targets must be numeric fingerprints [B, D] or [D]: {exc}") from exc
+        raise InputError(f"{expected}: {exc}") from exc
+
+
+def _as_targets(targets: Any) -> np.ndarray:
+    arr = _float_array(targets, "targets must be numeric fingerprints [B, D] or [D]")
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -357,12 +362,7 @@ def _as_start(start: Any, n_targets: int, numbers: np.ndarray) -> np.ndarray | N
                 )
         arr = np.stack([a.positions for a in frames]).astype(np.float64)
     else:
-        if hasattr(start, "detach"):
-            start = start.detach().cpu().numpy()
-        try:
-            arr = np.asarray(start, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"start must be ase.Atoms, a list of them or positions [N, 3] / [B, N, 3]: {exc}") from exc
+        arr = _float_array(start, "start must be ase.Atoms, a list of them or positions [N, 3] / [B, N, 3]")
         if arr.ndim == 2:
             arr = arr[None]
         if arr.ndim != 3 or arr.shape[1:] != (len(numbers), 3):
