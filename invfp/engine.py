@@ -335,10 +335,23 @@ class Pipeline:
         return {"threshold": threshold, "losses": losses, "quantile": quantile, "factor": factor, "n": len(losses)}
 
     def process_chunk(
-        self, target_index: int, target: float, chunk: int, first_sample: int, count: int, seed: int
+        self,
+        target_index: int,
+        target: float,
+        chunk: int,
+        first_sample: int,
+        count: int,
+        seed: int,
+        reconstruct_seed: int | None = None,
     ) -> list[SampleRecord]:
-        """Generate, reconstruct and validate one chunk; a pure function of its arguments."""
+        """Generate, reconstruct and validate one chunk; a pure function of its arguments.
+
+        ``reconstruct_seed`` (default: ``seed``) seeds only the reconstruction, so the same
+        generated fingerprints can be reconstructed from other random starts.
+        """
         sample_seed, recon_seed = chunk_seeds(seed, target_index, chunk)
+        if reconstruct_seed is not None:
+            recon_seed = chunk_seeds(reconstruct_seed, target_index, chunk)[1]
         draws = count * max(self.prescreen, 1)
         fingerprints = np.asarray(self.generator.sample(float(target), draws, seed=sample_seed), dtype=float)
         if fingerprints.ndim != 2 or fingerprints.shape[0] != draws:
@@ -402,6 +415,7 @@ class Pipeline:
         progress: bool = True,
         summary_extra: Mapping[str, Any] | None = None,
         executor: Any = None,
+        reconstruct_seed: int | None = None,
     ) -> RunResult:
         """Run every target × ``n`` samples, chunk by chunk, streaming to ``store``.
 
@@ -416,6 +430,8 @@ class Pipeline:
             summary_extra: more facts for ``summary.json`` (data, timings, ...).
             executor: where chunks are computed (an :class:`~invfp.executors.Executor`;
                 default: in this process). Chunks may complete in any order.
+            reconstruct_seed: seeds the reconstruction alone (default: ``seed`` seeds it):
+                the same samples, reconstructed from other random starts.
         """
         from invfp.executors import LocalExecutor
         from invfp.utils import progress_bar
@@ -433,10 +449,10 @@ class Pipeline:
                 if (ti, chunk) in done:
                     skipped += 1
                 else:
-                    pending.append((ti, target, chunk, first, count, seed))
+                    pending.append((ti, target, chunk, first, count, seed, reconstruct_seed))
         with progress_bar(len(targets) * n, "generate → reconstruct → validate", enabled=progress) as advance:
             advance(len(targets) * n - sum(spec[4] for spec in pending))
-            for (ti, _, chunk, _, count, _), records in (executor or LocalExecutor()).map(_chunk, self, pending):
+            for (ti, _, chunk, _, count, *_), records in (executor or LocalExecutor()).map(_chunk, self, pending):
                 if store is not None:
                     store.write_chunk(ti, chunk, records)
                 else:
@@ -459,6 +475,6 @@ class Pipeline:
         return RunResult(records=records, table=table, computed_chunks=computed, skipped_chunks=skipped)
 
 
-def _chunk(pipeline: Pipeline, spec: tuple[int, float, int, int, int, int]) -> list[SampleRecord]:
+def _chunk(pipeline: Pipeline, spec: tuple[int, float, int, int, int, int, int | None]) -> list[SampleRecord]:
     """One chunk, as an executor task: ``spec`` is ``process_chunk``'s arguments."""
     return pipeline.process_chunk(*spec)

@@ -184,3 +184,17 @@ def test_pipeline_searches_once_per_sample_unless_told(tiny):
     (twice,) = twice_pipe.reconstruct(unreachable, seed=0)
     assert len(twice.restart_losses) == 2 * pipe.optimizer_options["restarts"]
     assert twice.loss <= once.loss
+
+
+def test_reconstruct_seed_reseeds_only_the_reconstruction(tiny):
+    pipe, _, _ = tiny
+    base = pipe.process_chunk(0, TARGETS[0], 0, 0, CHUNK, 5)
+    same = pipe.process_chunk(0, TARGETS[0], 0, 0, CHUNK, 5, reconstruct_seed=5)
+    other = pipe.process_chunk(0, TARGETS[0], 0, 0, CHUNK, 5, reconstruct_seed=6)
+    for a, b, c in zip(base, same, other, strict=True):
+        np.testing.assert_array_equal(a.fingerprint, c.fingerprint)  # the same generated samples
+        np.testing.assert_array_equal(a.atoms.positions, b.atoms.positions)  # default: seed seeds it
+    assert any(not np.allclose(a.atoms.positions, c.atoms.positions) for a, c in zip(base, other, strict=True))
+    run = pipe.run(TARGETS[:1], CHUNK, seed=5, chunk_size=CHUNK, progress=False, reconstruct_seed=6)
+    for a, c in zip(run.records, other, strict=True):
+        np.testing.assert_array_equal(a.atoms.positions, c.atoms.positions)

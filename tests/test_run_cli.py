@@ -166,6 +166,16 @@ def test_different_run_refused_without_force(cli, tiny_data, reference_run):
     assert "holds a different run" in err and "--force" in err and "n" in err
 
 
+def test_reconstruct_seed_is_part_of_the_run(cli, tiny_data, reference_run, tmp_path):
+    code, _, err = cli("run", "--data", str(tiny_data), *TINY, "--reconstruct-seed", "9", "-o", str(reference_run))
+    assert code == 2 and "holds a different run" in err and "reconstruct_seed" in err
+    args = list(TINY)
+    args[args.index("--n") + 1] = "2"
+    code, _, err = cli("run", "--data", str(tiny_data), *args, "--reconstruct-seed", "9", "-o", str(tmp_path / "r9"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "r9" / "config.json").read_text())["reconstruct_seed"] == 9
+
+
 def test_target_outside_the_data_range_warns(cli, tiny_data, reference_run, tmp_path):
     args = [a if a != "2.0,2.6" else "2.0,9.0" for a in TINY]
     args[args.index("--n") + 1] = "1"

@@ -73,6 +73,10 @@ def run(
     n: int = typer.Option(None, "--n", help="Samples per target (default 100; --quick 8).", min=1),
     quick: bool = typer.Option(False, "--quick", help="Small data, few epochs, few samples (about a minute)."),
     seed: int = typer.Option(0, "--seed", help="Seed of everything (data split, training, sampling, reconstruction)."),
+    reconstruct_seed: int = typer.Option(
+        None, "--reconstruct-seed", help="Seed of the reconstruction alone (default: --seed): the same generated "
+        "fingerprints from other random starts.",
+    ),
     optimizer: str = typer.Option("adam-hopping", "--optimizer", help="Reconstruction optimizer plugin."),
     opt: list[str] = typer.Option(
         [], "--opt", help="Optimizer option KEY=VALUE (repeatable), e.g. --opt restarts=16."
@@ -232,6 +236,7 @@ def run(
         "surrogate": epoch_params,
         "train_size": int(size),
         "seed": int(seed),
+        **({} if reconstruct_seed is None else {"reconstruct_seed": int(reconstruct_seed)}),
         "optimizer": {"name": optimizer, **opt_options},
         "filters": [v.get_config() for v in filter_objects],
         "oracle": None if oracle_validator is None else oracle_validator.get_config(),
@@ -301,6 +306,7 @@ def run(
             warnings.simplefilter("ignore", TargetOutOfRangeWarning)
             result = pipe.run(
                 target_values, n, store=store, seed=seed, chunk_size=chunk, progress=True, executor=runner,
+                reconstruct_seed=reconstruct_seed,
                 summary_extra={
                     "units": units,
                     "data": config["data"],
