@@ -71,7 +71,7 @@ def test_bench_reconstruct_tiny():
     options = {"attempts": 1, "restarts": 2, "screen": 0, "hops": 0, "steps": 20, "polish": 0, "refine_steps": 0}
     cmd = [
         sys.executable, str(BENCHMARKS / "bench_reconstruct.py"), "--items", "1", "--n", "2", "--workers", "1",
-        "--search-seed", "3", "--options", json.dumps(options),
+        "--search-seed", "3", "4", "--options", json.dumps(options),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -83,3 +83,9 @@ def test_bench_reconstruct_tiny():
     assert len(misses) == 2 - int(recovered)
     assert all(index in (0, 1) and rmsd > 0.1 for index, rmsd, _ in misses)
     assert "s per structure (1 worker process(es)" in proc.stdout
+    # Two search seeds: one run each, then the pooled count is the sum of the per-seed ones.
+    per_seed = [int(part.split("recovered (RMSD <= 0.1 Å): ")[1].split("/")[0])
+                for part in proc.stdout.split("search seed ")[1:]]
+    assert len(per_seed) == 2
+    pooled = proc.stdout.split("[1+4] over search seeds [3, 4]: recovered ")[1]
+    assert pooled.startswith(f"{sum(per_seed)}/4 = ") and f"(per seed {per_seed})" in pooled
