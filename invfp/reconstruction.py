@@ -605,10 +605,11 @@ def _sharded(job: _Job, shards: int, seed: int | None, advance: Callable[..., An
 
     clock = timer()
     n = len(job.targets)
-    attempts, tol, fill = 1, -math.inf, 1
+    attempts, tol, fill, time_limit = 1, -math.inf, 1, None
     if isinstance(job.optimizer, SearchAgain) and job.optimizer.params["attempts"] > 1:
         params = job.optimizer.params
         attempts, tol, fill = int(params["attempts"]), float(params["tol"]), int(params["fill"]) * shards
+        time_limit = params["time_limit"]
         job = dataclasses.replace(job, optimizer=job.optimizer.once())
     if seed is None:
         seeds: list[int | None] = [None] * (shards * attempts)
@@ -638,7 +639,7 @@ def _sharded(job: _Job, shards: int, seed: int | None, advance: Callable[..., An
             # In row order, not completion order: the same results for a seed every time.
             return [r for i in range(len(items)) for r in found[i]]
 
-        done = in_rounds(run, n, attempts=attempts, tol=tol, fill=fill, report=report)
+        done = in_rounds(run, n, attempts=attempts, tol=tol, fill=fill, report=report, time_limit=time_limit)
     per_target = clock() / n
     for result in done:
         result.time = per_target  # amortised over the whole call, as with one process

@@ -294,6 +294,48 @@ def test_attempts_search_again_only_where_the_loss_is_above_tol(fung, pt4):
     np.testing.assert_array_equal(thrice[1].atoms.positions, again[1].atoms.positions)
 
 
+def test_time_limit_starts_no_later_search_after_it(fung, pt4):
+    # An unreachable target would get three searches; once the time limit has passed no
+    # further search starts, in one process and with worker processes (which deal the
+    # retries in the parent). The first search always runs.
+    own = fung.featurize(pt4).reshape(1, -1)
+    targets = np.concatenate([own, 1.5 * own])
+    kw = {"numbers": "Pt4", "cell": 20.0, "representation": fung, "seed": 0, **SMALL_ADAM, "hops": 1, "attempts": 3}
+    restarts = SMALL_ADAM["restarts"]
+    for workers in (1, 2):
+        unlimited = invfp.reconstruct(targets, workers=workers, **kw)
+        limited = invfp.reconstruct(targets, workers=workers, time_limit=1e-6, **kw)
+        assert len(unlimited[1].restart_losses) == 3 * restarts
+        assert len(limited[1].restart_losses) == restarts
+        assert limited[1].restart_losses == unlimited[1].restart_losses[:restarts]
+        assert limited[0].loss < 5e-4 and limited[0].loss == unlimited[0].loss
+    with pytest.raises(ConfigError, match="time_limit"):
+        invfp.reconstruct(targets, time_limit=0, **kw)
+
+
+def test_in_rounds_checks_the_time_limit_between_rounds():
+    import time
+
+    from invfp.optimizers.common import in_rounds
+    from invfp.reconstruction import ReconstructionResult
+
+    rounds = []
+
+    def run(rows, round_):
+        rounds.append(list(rows))
+        time.sleep(0.05)
+        return [ReconstructionResult(Atoms("H"), 1.0, [1.0], 1, 0.0, k) for k in rows]
+
+    kw = {"attempts": 4, "tol": 0.5, "fill": 1, "report": lambda rows: None}
+    assert len(in_rounds(run, 2, **kw)) == 2 and len(rounds) == 4
+    rounds.clear()
+    in_rounds(run, 2, time_limit=0.01, **kw)
+    assert rounds == [[0, 1]]  # the first round ran past the limit: no second one
+    rounds.clear()
+    in_rounds(run, 2, time_limit=60.0, **kw)
+    assert len(rounds) == 4
+
+
 def test_workers_deal_the_retries_afresh(fung, pt4, monkeypatch):
     # The workers take tasks from a queue; a task's unreachable targets go back to it for
     # their next search at once. The first searches are those of attempts=1.

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from invfp.components import Param, fraction, non_negative, positive_int
+from invfp.components import Param, fraction, non_negative, positive, positive_int
 from invfp.optimizers.base import Optimizer
 from invfp.reconstruction import timer
 
@@ -149,8 +149,13 @@ SEARCH_PARAMETERS: dict[str, Param] = {
         "each gets several of its remaining searches at once (a few members alone leave a batch mostly idle, "
         "so they cost little more than one).", check=positive_int,
     ),
+    "time_limit": Param(
+        None, "Seconds after which no later search starts (every target's first search always runs, and a "
+        "round under way finishes). None: no limit. With a limit the results depend on the machine's speed, "
+        "not only on the seed.", check=positive,
+    ),
 }
-"""The ``attempts`` and ``fill`` parameters of the built-in optimizers."""
+"""The ``attempts``, ``fill`` and ``time_limit`` parameters of the built-in optimizers."""
 
 
 def retry_rows(todo: Sequence[int], used: Sequence[int], attempts: int, fill: int) -> list[int]:
@@ -172,6 +177,7 @@ def with_attempts(
     tol: float,
     fill: int = 1,
     progress: Any = None,
+    time_limit: float | None = None,
 ) -> list[ReconstructionResult]:
     """Run ``search`` on every target, then again on those still above ``tol``, ``attempts`` times in all.
 
@@ -179,7 +185,8 @@ def with_attempts(
     random stream, so results stay deterministic for a seed; ``time`` is the whole call's
     wall time amortised over targets. ``search(problem, advance)`` reports targets it
     reaches in the first round through ``advance``; later ones are reported after their
-    round, and those never reached once, at the end.
+    round, and those never reached once, at the end. No round starts after ``time_limit``
+    seconds.
     """
     clock = timer()
     total = int(problem.targets.shape[0])
@@ -203,7 +210,7 @@ def with_attempts(
             return search(problem, advance)
         return search(problem.subset(rows), lambda n=1: None)
 
-    results = in_rounds(run, total, attempts=attempts, tol=tol, fill=fill, report=report)
+    results = in_rounds(run, total, attempts=attempts, tol=tol, fill=fill, report=report, time_limit=time_limit)
     elapsed = clock() / max(total, 1)
     for result in results:
         result.time = elapsed
@@ -218,6 +225,7 @@ def in_rounds(
     tol: float,
     fill: int,
     report: Callable[[Sequence[int]], Any],
+    time_limit: float | None = None,
 ) -> list[ReconstructionResult]:
     """Search targets ``0..n-1`` once, then in rounds again while above ``tol``, ``attempts`` searches at most.
 
@@ -225,8 +233,10 @@ def in_rounds(
     every target once; later rounds: :func:`retry_rows`, so a target may appear several
     times). Each target keeps its best structure; its ``restart_losses`` and ``steps`` add
     up over searches. ``report(rows)`` is told the targets reached after each round and
-    every target at the end; it may hear a target more than once.
+    every target at the end; it may hear a target more than once. Once ``time_limit``
+    seconds have passed, no further round starts.
     """
+    clock = timer()
     results: dict[int, ReconstructionResult] = {}
     used = [0] * n
     rows = list(range(n))
@@ -238,7 +248,7 @@ def in_rounds(
             used[row] += 1
         report([k for k in range(n) if results[k].loss < tol])
         rows = retry_rows([k for k in range(n) if not results[k].loss < tol and used[k] < attempts], used, attempts, fill)
-        if not rows:
+        if not rows or (time_limit is not None and clock() >= time_limit):
             break
     report(range(n))
     return [results[k] for k in range(n)]
@@ -269,7 +279,7 @@ class SearchAgain(Optimizer):
         return with_attempts(
             lambda prob, advance: self._search(prob, generator, advance),
             problem, attempts=self.params["attempts"], tol=self.params["tol"], fill=self.params["fill"],
-            progress=progress,
+            progress=progress, time_limit=self.params["time_limit"],
         )
 
     def once(self) -> SearchAgain:
