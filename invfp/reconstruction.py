@@ -609,7 +609,7 @@ def _sharded(job: _Job, shards: int, seed: int | None, advance: Callable[..., An
     if isinstance(job.optimizer, SearchAgain) and job.optimizer.params["attempts"] > 1:
         params = job.optimizer.params
         attempts, tol, fill = int(params["attempts"]), float(params["tol"]), int(params["fill"]) * shards
-        time_limit = params["time_limit"]
+        time_limit = params.get("time_limit")  # a plugin's SearchAgain may not declare it
         job = dataclasses.replace(job, optimizer=job.optimizer.once())
     if seed is None:
         seeds: list[int | None] = [None] * (shards * attempts)

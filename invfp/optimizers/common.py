@@ -279,7 +279,7 @@ class SearchAgain(Optimizer):
         return with_attempts(
             lambda prob, advance: self._search(prob, generator, advance),
             problem, attempts=self.params["attempts"], tol=self.params["tol"], fill=self.params["fill"],
-            progress=progress, time_limit=self.params["time_limit"],
+            progress=progress, time_limit=self.params.get("time_limit"),
         )
 
     def once(self) -> SearchAgain:
