@@ -25,7 +25,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +70,18 @@ def recover(frames: list, results: list) -> np.ndarray:
     return np.array([rmsd(a, r.atoms, allow_reflection=True) for a, r in zip(frames, results, strict=True)])
 
 
+def pt10_searches(targets: np.ndarray, rep: Any, args: argparse.Namespace, options: dict) -> Iterator[tuple]:
+    """Reconstruct the Pt10 ``targets`` once per search seed: ``(seed, results, seconds)`` for each."""
+    import invfp
+
+    for search_seed in args.search_seed:
+        start = time.perf_counter()
+        results = invfp.reconstruct(
+            targets, numbers="Pt10", cell=20.0, representation=rep, seed=search_seed, workers=args.workers, **options
+        )
+        yield search_seed, results, time.perf_counter() - start
+
+
 def item1(args: argparse.Namespace, options: dict) -> None:
     import invfp
 
@@ -75,12 +89,7 @@ def item1(args: argparse.Namespace, options: dict) -> None:
     rep = invfp.get_representation("acsf", preset="fung2022")
     targets = rep.featurize(frames)
     found, times = [], []
-    for search_seed in args.search_seed:
-        start = time.perf_counter()
-        results = invfp.reconstruct(
-            targets, numbers="Pt10", cell=20.0, representation=rep, seed=search_seed, workers=args.workers, **options
-        )
-        elapsed = time.perf_counter() - start
+    for search_seed, results, elapsed in pt10_searches(targets, rep, args, options):
         dev = recover(frames, results)
         ok = dev <= 0.1
         losses = np.array([r.loss for r in results])
@@ -115,12 +124,7 @@ def item2(args: argparse.Namespace, options: dict) -> None:
     targets = np.loadtxt(path, delimiter=",")[: args.released]
     rep = invfp.get_representation("acsf", preset="fung2022")
     below = []
-    for search_seed in args.search_seed:
-        start = time.perf_counter()
-        results = invfp.reconstruct(
-            targets, numbers="Pt10", cell=20.0, representation=rep, seed=search_seed, workers=args.workers, **options
-        )
-        elapsed = time.perf_counter() - start
+    for search_seed, results, elapsed in pt10_searches(targets, rep, args, options):
         losses = np.array([r.loss for r in results])
         below.append(int((losses < 1e-3).sum()))
         qs = np.percentile(losses, [5, 25, 50, 75, 95])
