@@ -89,3 +89,23 @@ def test_bench_reconstruct_tiny():
     assert len(per_seed) == 2
     pooled = proc.stdout.split("[1+4] over search seeds [3, 4]: recovered ")[1]
     assert pooled.startswith(f"{sum(per_seed)}/4 = ") and f"(per seed {per_seed})" in pooled
+
+
+def test_bench_reconstruct_only_some_indices():
+    # --only reconstructs a subset of item 1's set and reports it by the set's own indices.
+    options = {"attempts": 1, "restarts": 2, "screen": 0, "hops": 0, "steps": 20, "polish": 0, "refine_steps": 0}
+    base = [sys.executable, str(BENCHMARKS / "bench_reconstruct.py"), "--items", "1", "--n", "4", "--workers", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [*base, "--only", "3", "1", "--search-seed", "0", "1", "--options", json.dumps(options)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("[1] EMT Pt10, 2 structures") == 2
+    assert "(minima " in proc.stdout and "/2, frames " in proc.stdout  # indices 1 and 3 are both minima
+    per_index = ast.literal_eval(proc.stdout.split("recovered per index (of 2 searches): ")[1].splitlines()[0])
+    assert set(per_index) == {1, 3} and all(0 <= c <= 2 for c in per_index.values())
+    for line in proc.stdout.splitlines():
+        if "failures (index, RMSD Å, MAE): " in line:
+            misses = ast.literal_eval(line.split("failures (index, RMSD Å, MAE): ")[1])
+            assert {m[0] for m in misses} <= {1, 3}
+    proc = subprocess.run([*base, "--only", "7"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode != 0 and "indices must lie in 0..3" in proc.stderr and "Traceback" not in proc.stderr
