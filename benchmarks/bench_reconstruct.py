@@ -89,10 +89,7 @@ def item1(args: argparse.Namespace, options: dict) -> None:
 
     frames = pt10_set(args.n, args.seed)
     index = np.arange(len(frames))
-    if args.only:
-        bad = [i for i in args.only if not 0 <= i < len(frames)]
-        if bad:
-            raise SystemExit(f"--only {bad}: indices must lie in 0..{len(frames) - 1} (the set of --n {args.n})")
+    if args.only:  # checked against --n in main()
         index = np.array(sorted(set(args.only)))
         frames = [frames[i] for i in index]
     rep = invfp.get_representation("acsf", preset="fung2022")
@@ -284,6 +281,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.search_seed is None:
         args.search_seed = [args.seed]
+    items = {int(i) for i in args.items.split(",")}
+    if args.only:
+        bad = [i for i in args.only if not 0 <= i < args.n]
+        if bad:
+            parser.error(f"--only {bad}: indices must lie in 0..{args.n - 1} (the set of --n {args.n})")
+        if not items & {1, 4}:
+            parser.error("--only selects structures of item 1: add 1 to --items")
     if args.workers is None:
         from invfp.executors import usable_cores
 
@@ -295,7 +299,6 @@ def main() -> None:
     options = json.loads(args.options)
     print(f"bench_reconstruct: torch {torch.__version__}, {args.workers} worker process(es) of 1 torch thread; "
           f"{load()}")
-    items = {int(i) for i in args.items.split(",")}
     for number, fn in ((1, item1), (2, item2), (3, item3), (5, item5)):
         if number in items or (number == 1 and 4 in items):
             fn(args, options)

@@ -107,5 +107,7 @@ def test_bench_reconstruct_only_some_indices():
         if "failures (index, RMSD Å, MAE): " in line:
             misses = ast.literal_eval(line.split("failures (index, RMSD Å, MAE): ")[1])
             assert {m[0] for m in misses} <= {1, 3}
-    proc = subprocess.run([*base, "--only", "7"], capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode != 0 and "indices must lie in 0..3" in proc.stderr and "Traceback" not in proc.stderr
+    # bad use: a one-line error before any work
+    for bad, says in ((["--only", "7"], "indices must lie in 0..3"), (["--only", "1", "--items", "3"], "add 1 to --items")):
+        proc = subprocess.run([*base, *bad], capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, bad
