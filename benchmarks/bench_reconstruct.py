@@ -94,6 +94,7 @@ def item1(args: argparse.Namespace, options: dict) -> None:
         frames = [frames[i] for i in index]
     rep = invfp.get_representation("acsf", preset="fung2022")
     targets = rep.featurize(frames)
+    minima = index % 2 == 1  # the set alternates frame, minimum
     found, times, per_index = [], [], np.zeros(len(frames), dtype=int)
     for search_seed, results, elapsed in pt10_searches(targets, rep, args, options):
         dev = recover(frames, results)
@@ -104,7 +105,6 @@ def item1(args: argparse.Namespace, options: dict) -> None:
         times.append(elapsed / len(frames))
         print(f"[1] EMT Pt10, {len(frames)} structures (minima and relaxation frames), fung2022, options {options}, "
               f"search seed {search_seed}")
-        minima = index % 2 == 1  # the set alternates frame, minimum
         print(f"    recovered (RMSD <= 0.1 Å): {ok.sum()}/{len(ok)} = {100 * ok.mean():.0f} %"
               f"  (minima {ok[minima].sum()}/{minima.sum()}, frames {ok[~minima].sum()}/{(~minima).sum()})")
         if args.only:
