@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+# A search small enough for a test: one 20-step descent from each of 2 unscreened starts.
+_TINY_SEARCH = {"attempts": 1, "restarts": 2, "screen": 0, "hops": 0, "steps": 20, "polish": 0, "refine_steps": 0}
 
 
 def _table1(*args: str) -> subprocess.CompletedProcess:
@@ -68,10 +70,9 @@ def test_table1_models_dir_reuses_the_trained_cvae(tmp_path):
 
 def test_bench_reconstruct_tiny():
     # Item 1 on 2 structures with a tiny search, so that the script never rots.
-    options = {"attempts": 1, "restarts": 2, "screen": 0, "hops": 0, "steps": 20, "polish": 0, "refine_steps": 0}
     cmd = [
         sys.executable, str(BENCHMARKS / "bench_reconstruct.py"), "--items", "1", "--n", "2", "--workers", "1",
-        "--search-seed", "3", "4", "--options", json.dumps(options),
+        "--search-seed", "3", "4", "--options", json.dumps(_TINY_SEARCH),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -93,10 +94,9 @@ def test_bench_reconstruct_tiny():
 
 def test_bench_reconstruct_only_some_indices():
     # --only reconstructs a subset of item 1's set and reports it by the set's own indices.
-    options = {"attempts": 1, "restarts": 2, "screen": 0, "hops": 0, "steps": 20, "polish": 0, "refine_steps": 0}
     base = [sys.executable, str(BENCHMARKS / "bench_reconstruct.py"), "--items", "1", "--n", "4", "--workers", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [*base, "--only", "3", "1", "--search-seed", "0", "1", "--options", json.dumps(options)]
+    cmd = [*base, "--only", "3", "1", "--search-seed", "0", "1", "--options", json.dumps(_TINY_SEARCH)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("[1] EMT Pt10, 2 structures") == 2
