@@ -39,7 +39,12 @@ RUN_ARGS = [
 
 
 def _env(cache: Path) -> dict[str, str]:
-    return {**os.environ, "INVFP_CACHE_DIR": str(cache), "INVFP_LOAD_PLUGINS": "", "OMP_NUM_THREADS": "1"}
+    # The runs' temporary files go beside the cache: a kill -9 leaves them (nothing can clean
+    # up after SIGKILL), and they must not pile up in the machine's /tmp.
+    tmp = cache.parent / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "INVFP_CACHE_DIR": str(cache), "INVFP_LOAD_PLUGINS": "", "OMP_NUM_THREADS": "1",
+            "TMPDIR": str(tmp)}
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +168,27 @@ def test_run_interrupted_by_ctrl_c_says_so_stops_its_workers_and_resumes(pt5, tm
     rows = _check_run_dir(run, cache)
     assert [r[:2] for r in rows] == [(t, s) for t in range(TARGETS) for s in range(SAMPLES)]
     assert set(partial) <= set(rows)
+
+
+def test_run_terminated_in_training_cleans_up_and_says_so(pt5, tmp_path):
+    # SIGTERM (kill, a batch scheduler's time limit) takes Ctrl-C's path: the temporary
+    # directory of the surrogate trained beside the model is removed, the worker process
+    # stopped, the files left readable, and the exit code is 143 with a one-line message.
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    cmd = [sys.executable, "-m", "invfp", "run", "--data", str(pt5), *RUN_ARGS, "-o", str(run)]
+    env = _env(cache)
+    tmp = Path(env["TMPDIR"])
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(tmp.glob("invfp-surrogate-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it trained"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM); rerun the same command to resume" in err and "Traceback" not in err, err
+    assert list(tmp.glob("invfp-surrogate-*")) == []
+    assert _check_run_dir(run, cache) == []
 
 
 def test_data_make_killed_twice_keeps_an_intact_database(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
 import sys
 from typing import Any
 
@@ -67,6 +68,27 @@ def error(message: str, code: int = 2) -> None:
 
 
 INTERRUPTED = "interrupted; rerun the same command to resume where possible"
+TERMINATED = "terminated (SIGTERM); rerun the same command to resume where possible"
+_signals = {"term": False}
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (``kill``, a batch scheduler's time limit) unwinds like Ctrl-C.
+
+    Python's default for SIGTERM ends the process at once: no ``finally`` runs, so
+    temporary directories stay behind and worker pools are not stopped in order. Raising
+    KeyboardInterrupt takes the Ctrl-C path instead (committed results are kept, workers
+    stopped, exit code 143 = 128 + SIGTERM).
+    """
+    _signals["term"] = True
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> int:
+    """The one-line message and exit code for an interrupted command (Ctrl-C or SIGTERM)."""
+    if _signals["term"]:
+        return _print_error(TERMINATED, 128 + signal.SIGTERM)
+    return _print_error(INTERRUPTED, 130)
 
 
 def key_values(items: list[str] | None, flag: str, example: str) -> dict[str, Any]:
@@ -105,6 +127,7 @@ def _print_error(message: str, code: int) -> int:
 def main() -> None:
     """Console-script entry point: run the app, turning errors into one line + exit code."""
     debug = "--debug" in sys.argv
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         # standalone_mode=False: typer hands usage errors to us (one line) instead of a boxed message
         code = app(prog_name="invfp", standalone_mode=False)
@@ -115,13 +138,13 @@ def main() -> None:
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         sys.exit(_print_error(f"{exc.format_message()}{hint}", exc.exit_code))
     except typer.Abort:
-        sys.exit(_print_error("aborted", 1))
+        sys.exit(_interrupted() if _signals["term"] else _print_error("aborted", 1))
     except InvfpError as exc:
         if debug:
             raise
         sys.exit(_print_error(str(exc), exc.exit_code))
     except KeyboardInterrupt:
-        sys.exit(_print_error(INTERRUPTED, 130))
+        sys.exit(_interrupted())
     except OSError as exc:  # disk full, permissions, a file where a directory should be ...
         if debug:
             raise
@@ -139,5 +162,5 @@ def main() -> None:
             )
         )
     if code == 130:  # typer (standalone_mode=False) turns Ctrl-C into this exit code itself
-        sys.exit(_print_error(INTERRUPTED, 130))
+        sys.exit(_interrupted())
     sys.exit(code if isinstance(code, int) else 0)
