@@ -1,4 +1,4 @@
-"""The benchmark scripts run: a tiny Table 1 so that benchmarks/table1.py never rots."""
+"""The benchmark scripts run in small settings, so that they never rot."""
 
 from __future__ import annotations
 
@@ -111,3 +111,31 @@ def test_bench_reconstruct_only_some_indices():
     for bad, says in ((["--only", "7"], "indices must lie in 0..3"), (["--only", "1", "--items", "3"], "add 1 to --items")):
         proc = subprocess.run([*base, *bad], capture_output=True, text=True, timeout=600, env=env)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, bad
+
+
+def _landscape(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(BENCHMARKS / "bench_landscape.py"), "--frames", "0", "1", "--starts", "4", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _landscape_counts(stdout: str) -> list[int]:
+    return [int(line.split("recovered ")[1].split("/")[0]) for line in stdout.splitlines() if line.startswith("frame ")]
+
+
+def test_bench_landscape():
+    # Every atom kept and frozen: nothing may move, so every start is the answer.
+    proc = _landscape("--start", "partial", "--keep", "10", "--frozen", "--steps", "5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _landscape_counts(proc.stdout) == [4, 4] and "all frames: recovered 8/8" in proc.stdout
+    # 0.05 Å from the answer, a short descent finds it again for most starts (6 of 8 when written).
+    proc = _landscape("--start", "displaced", "--sigma", "0.05", "--steps", "60")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = _landscape_counts(proc.stdout)
+    assert len(counts) == 2 and all(1 <= c <= 4 for c in counts)
+    # The other starts and smoothing run and report counts in range.
+    proc = _landscape("--start", "shell", "--smooth", "0.3", "--steps", "5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all(0 <= c <= 4 for c in _landscape_counts(proc.stdout)) and "shell; smooth 0.3 Å" in proc.stdout
+    # bad use: a one-line usage error
+    proc = _landscape("--keep", "11")
+    assert proc.returncode == 2 and "--keep must lie in 0..10" in proc.stderr and "Traceback" not in proc.stderr
