@@ -173,13 +173,45 @@ def spawn_pool(workers: int, *, torch_threads: int = 1, state: bytes | None = No
 
     class WorkerPool(ProcessPoolExecutor):
         def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-            with _main_script_hidden(state or b""):  # submit is where the processes start
+            # submit is where the processes start
+            with _main_script_hidden(state or b""), _signals_held():
                 return super().submit(fn, *args, **kwargs)
 
     return WorkerPool(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_process, initargs=(os.getpid(), torch_threads, state),
     )
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """While processes start: hold Ctrl-C and SIGTERM, and deliver them afterwards.
+
+    A signal that unwinds this process half-way through starting a worker closes the pipe
+    the worker reads its start-up data from, and the worker prints multiprocessing's
+    traceback (EOFError) after invfp's one-line message. Starting takes milliseconds;
+    a signal held that long is then handled as usual (main thread only, where Python
+    handles signals).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is not None:  # None: installed outside Python, cannot be put back
+            previous[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(pending):
+            signal.raise_signal(sig)
 
 
 @contextlib.contextmanager

@@ -118,6 +118,26 @@ def test_local_executor_reports_a_dead_worker_and_unpicklable_work():
         LocalExecutor(workers=0)
 
 
+def test_signals_arriving_while_workers_start_are_held_then_delivered():
+    # A SIGTERM or Ctrl-C that unwound the parent half-way through starting a worker left
+    # the worker reading a closed pipe, and it printed multiprocessing's EOFError traceback.
+    from invfp.executors import _signals_held
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with _signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert seen == []  # held while inside
+        assert seen == [signal.SIGTERM]  # delivered once afterwards, to the handler that was there
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt), _signals_held():
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: raised on leaving, as Python would
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_create_executor_checks_its_options():
     from invfp.executors import LocalExecutor, create_executor
 
