@@ -78,8 +78,11 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     Python's default for SIGTERM ends the process at once: no ``finally`` runs, so
     temporary directories stay behind and worker pools are not stopped in order. Raising
     KeyboardInterrupt takes the Ctrl-C path instead (committed results are kept, workers
-    stopped, exit code 143 = 128 + SIGTERM).
+    stopped, exit code 143 = 128 + SIGTERM). A second SIGTERM while that cleanup runs is
+    ignored, so that it finishes (``kill -9`` still ends the process at once).
     """
+    if _signals["term"]:
+        return
     _signals["term"] = True
     raise KeyboardInterrupt
 
