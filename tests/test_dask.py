@@ -132,8 +132,11 @@ def test_signals_arriving_while_workers_start_are_held_then_delivered():
             assert seen == []  # held while inside
         assert seen == [signal.SIGTERM]  # delivered once afterwards, to the handler that was there
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        reached = []
         with pytest.raises(KeyboardInterrupt), _signals_held():
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: raised on leaving, as Python would
+            reached.append(True)
+        assert reached == [True]  # not raised inside
     finally:
         signal.signal(signal.SIGTERM, previous)
 
