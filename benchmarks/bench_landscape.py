@@ -29,7 +29,6 @@ frame, how many starts end within RMSD 0.1 Å of the answer (mirror images allow
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,11 +42,15 @@ SPHERE = 3.5
 MIN_PAIR = 2.0
 
 
+def directions(rng: np.random.Generator, n_atoms: int) -> np.ndarray:
+    """Uniform random unit vectors ``[n_atoms, 3]``."""
+    v = rng.normal(size=(n_atoms, 3))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
 def sphere(rng: np.random.Generator, n_atoms: int) -> np.ndarray:
     """Uniform points in the start sphere (centred at the origin)."""
-    v = rng.normal(size=(n_atoms, 3))
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return v * SPHERE * rng.uniform(size=(n_atoms, 1)) ** (1 / 3)
+    return directions(rng, n_atoms) * SPHERE * rng.uniform(size=(n_atoms, 1)) ** (1 / 3)
 
 
 def spread(positions: np.ndarray) -> bool:
@@ -59,6 +62,7 @@ def starts(args: argparse.Namespace, truth: np.ndarray, centre: int, rng: np.ran
     """``(positions [S, N, 3], free [S, N, 1])``: the starts and which atoms the descent may move."""
     n = len(truth)
     truth = truth - truth.mean(0)
+    shell = np.linalg.norm(truth - truth[centre], axis=1)[:, None]  # each atom's true distance to the centre
     pos, free = np.zeros((args.starts, n, 3)), np.ones((args.starts, n, 1))
     for s in range(args.starts):
         for _ in range(1000):  # redraw until no pair is closer than MIN_PAIR (displaced starts: as drawn)
@@ -74,10 +78,7 @@ def starts(args: argparse.Namespace, truth: np.ndarray, centre: int, rng: np.ran
                 if args.frozen:
                     free[s] = moved[:, None]
             else:  # shell
-                r = np.linalg.norm(truth - truth[centre], axis=1)
-                v = rng.normal(size=(n, 3))
-                v /= np.linalg.norm(v, axis=1, keepdims=True)
-                p = v * r[:, None]
+                p = directions(rng, n) * shell
             if spread(p):
                 break
         pos[s] = p
@@ -88,13 +89,15 @@ def descend(objective, x0, free, args: argparse.Namespace, generator):  # type: 
     """One descent of every start at once: final positions and raw MAE."""
     import torch
 
+    from invfp.optimizers.common import cosine
+
     index = torch.zeros(x0.shape[0], dtype=torch.long)
     x = x0.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=0.1)
     for step in range(args.steps):
         frac = step / max(args.steps - 1, 1)
         for group in opt.param_groups:
-            group["lr"] = 0.005 + 0.5 * (0.1 - 0.005) * (1.0 + math.cos(math.pi * frac))
+            group["lr"] = cosine(step, args.steps, 0.1, 0.005)
         at = x.detach()
         if args.smooth > 0 and frac < 0.7:
             at = at + args.smooth * (1 - frac / 0.7) * torch.randn(at.shape, generator=generator) * free
