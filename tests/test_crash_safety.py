@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,16 +56,26 @@ def pt5(tmp_path_factory) -> Path:
     return path
 
 
-def _kill_when(cmd: list[str], env: dict[str, str], ready: Callable[[], bool], timeout: float = 240) -> bool:
-    """Start ``cmd``, kill -9 it as soon as ``ready()``; False when it finished first."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _signal_when(
+    cmd: list[str], env: dict[str, str], ready: Callable[[], bool], sig: int, timeout: float = 240, **popen: Any
+) -> tuple[bool, int, str]:
+    """Start ``cmd``, send it ``sig`` as soon as ``ready()``: (still running then, exit code, stderr)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
     deadline = time.monotonic() + timeout
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    running = proc.poll() is None
+    proc.send_signal(sig)
+    # worker processes hold the same stderr: communicate() returns once every one has exited
     _, err = proc.communicate(timeout=60)
-    if proc.returncode != -signal.SIGKILL:
-        assert proc.returncode == 0, err.decode()
+    return running, proc.returncode, err
+
+
+def _kill_when(cmd: list[str], env: dict[str, str], ready: Callable[[], bool], timeout: float = 240) -> bool:
+    """Start ``cmd``, kill -9 it as soon as ``ready()``; False when it finished first."""
+    _, code, err = _signal_when(cmd, env, ready, signal.SIGKILL, timeout)
+    if code != -signal.SIGKILL:
+        assert code == 0, err
         return False
     return True
 
@@ -151,16 +162,10 @@ def test_run_interrupted_by_ctrl_c_says_so_stops_its_workers_and_resumes(pt5, tm
     env = _env(cache)
     # A shell starts background jobs with SIGINT ignored, and children inherit that (CI may
     # run this way): give the run the default disposition, as a terminal would.
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 240
-    while _count(run / "results.db") < CHUNK and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before Ctrl-C"
-    proc.send_signal(signal.SIGINT)
-    # the worker processes hold the same stderr: communicate() returns once every one has exited
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted; rerun the same command to resume" in err, err
+    running, code, err = _signal_when(cmd, env, lambda: _count(run / "results.db") >= CHUNK, signal.SIGINT,
+                                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert running, "the run ended before Ctrl-C"
+    assert code == 130 and "interrupted; rerun the same command to resume" in err, err
     partial = _check_run_dir(run, cache)
     assert CHUNK <= len(partial) < TARGETS * SAMPLES and not (run / "summary.json").exists()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -178,14 +183,9 @@ def test_run_terminated_in_training_cleans_up_and_says_so(pt5, tmp_path):
     cmd = [sys.executable, "-m", "invfp", "run", "--data", str(pt5), *RUN_ARGS, "-o", str(run)]
     env = _env(cache)
     tmp = Path(env["TMPDIR"])
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not list(tmp.glob("invfp-surrogate-*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it trained"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
+    running, code, err = _signal_when(cmd, env, lambda: bool(list(tmp.glob("invfp-surrogate-*"))), signal.SIGTERM)
+    assert running, "the run ended before it trained"
+    assert code == 143, err
     assert "terminated (SIGTERM); rerun the same command to resume" in err and "Traceback" not in err, err
     assert list(tmp.glob("invfp-surrogate-*")) == []
     assert _check_run_dir(run, cache) == []
