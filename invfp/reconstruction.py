@@ -270,10 +270,11 @@ def parse_cell(cell: Any) -> np.ndarray | None:
     if cell is None:
         return None
     arr = np.asarray(cell, dtype=np.float64)
-    if arr.ndim == 0:
-        arr = np.eye(3) * float(arr)
-    elif arr.shape == (3,):
-        arr = np.diag(arr)
+    if arr.ndim == 0 or arr.shape == (3,):
+        # Edge lengths: a negative one is a typo (a left-handed cell is given as a matrix).
+        if np.any(arr <= 0):
+            raise InputError(f"cell lengths must be positive (Å), got {np.round(arr, 6).tolist()}")
+        arr = np.eye(3) * float(arr) if arr.ndim == 0 else np.diag(arr)
     elif arr.shape != (3, 3):
         raise InputError(f"cell must be a number, 3 lengths or a 3x3 matrix, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)) or abs(np.linalg.det(arr)) < 1e-6:

@@ -164,6 +164,10 @@ def test_bad_input_gives_clear_errors(fung, pt4):
                           numbers="Pt40", cell=5.0, representation=fung)
     with pytest.raises(InputError, match="needs a cell"):
         invfp.reconstruct(target, numbers="Pt4", pbc=True, representation=fung)
+    with pytest.raises(InputError, match=r"cell lengths must be positive \(Å\), got -20.0"):
+        invfp.reconstruct(target, numbers="Pt4", cell=-20.0, representation=fung)
+    with pytest.raises(InputError, match=r"cell lengths must be positive \(Å\), got \[20.0, 0.0, 20.0\]"):
+        invfp.reconstruct(target, numbers="Pt4", cell=[20.0, 0.0, 20.0], representation=fung)
     with pytest.raises(UnknownComponentError, match="adam-hopping"):
         invfp.reconstruct(target, optimizer="adamm", **kw)
     with pytest.raises(ConfigError, match="restarts"):
