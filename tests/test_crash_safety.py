@@ -18,14 +18,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from ase.io import read, write
+from procs import db_rows, signal_when
 
 from invfp.models.io import load_bundle
 from invfp.results import FILES
@@ -56,24 +55,9 @@ def pt5(tmp_path_factory) -> Path:
     return path
 
 
-def _signal_when(
-    cmd: list[str], env: dict[str, str], ready: Callable[[], bool], sig: int, timeout: float = 240, **popen: Any
-) -> tuple[bool, int, str]:
-    """Start ``cmd``, send it ``sig`` as soon as ``ready()``: (still running then, exit code, stderr)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
-    deadline = time.monotonic() + timeout
-    while not ready() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    running = proc.poll() is None
-    proc.send_signal(sig)
-    # worker processes hold the same stderr: communicate() returns once every one has exited
-    _, err = proc.communicate(timeout=60)
-    return running, proc.returncode, err
-
-
 def _kill_when(cmd: list[str], env: dict[str, str], ready: Callable[[], bool], timeout: float = 240) -> bool:
     """Start ``cmd``, kill -9 it as soon as ``ready()``; False when it finished first."""
-    _, code, err = _signal_when(cmd, env, ready, signal.SIGKILL, timeout)
+    _, code, err = signal_when(cmd, env, ready, signal.SIGKILL, timeout)
     if code != -signal.SIGKILL:
         assert code == 0, err
         return False
@@ -93,14 +77,6 @@ def _sqlite_rows(db: Path, keys: tuple[str, ...]) -> list[tuple[int, ...]]:
             if key in keys:
                 values.setdefault(row_id, {})[key] = int(value)
     return sorted(tuple(v[k] for k in keys) for v in values.values())
-
-
-def _count(db: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1) as con:
-            return int(con.execute("SELECT COUNT(*) FROM systems").fetchone()[0])
-    except sqlite3.Error:
-        return 0
 
 
 def _check_run_dir(run: Path, cache: Path) -> list[tuple[int, ...]]:
@@ -143,7 +119,7 @@ def test_run_killed_in_training_and_mid_chunks_resumes_with_every_file_readable(
     assert _check_run_dir(run, cache) == []
 
     # 2. while chunks are being committed
-    assert _kill_when(cmd, env, lambda: _count(run / "results.db") >= 2 * CHUNK), "the run ended before the kill"
+    assert _kill_when(cmd, env, lambda: db_rows(run / "results.db") >= 2 * CHUNK), "the run ended before the kill"
     partial = _check_run_dir(run, cache)
     assert 2 * CHUNK <= len(partial) < TARGETS * SAMPLES and not (run / "summary.json").exists()
 
@@ -162,7 +138,7 @@ def test_run_interrupted_by_ctrl_c_says_so_stops_its_workers_and_resumes(pt5, tm
     env = _env(cache)
     # A shell starts background jobs with SIGINT ignored, and children inherit that (CI may
     # run this way): give the run the default disposition, as a terminal would.
-    running, code, err = _signal_when(cmd, env, lambda: _count(run / "results.db") >= CHUNK, signal.SIGINT,
+    running, code, err = signal_when(cmd, env, lambda: db_rows(run / "results.db") >= CHUNK, signal.SIGINT,
                                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert running, "the run ended before Ctrl-C"
     assert code == 130 and "interrupted; rerun the same command to resume" in err, err
@@ -183,7 +159,7 @@ def test_run_terminated_in_training_cleans_up_and_says_so(pt5, tmp_path):
     cmd = [sys.executable, "-m", "invfp", "run", "--data", str(pt5), *RUN_ARGS, "-o", str(run)]
     env = _env(cache)
     tmp = Path(env["TMPDIR"])
-    running, code, err = _signal_when(cmd, env, lambda: bool(list(tmp.glob("invfp-surrogate-*"))), signal.SIGTERM)
+    running, code, err = signal_when(cmd, env, lambda: bool(list(tmp.glob("invfp-surrogate-*"))), signal.SIGTERM)
     assert running, "the run ended before it trained"
     assert code == 143, err
     assert "terminated (SIGTERM); rerun the same command to resume" in err and "Traceback" not in err, err

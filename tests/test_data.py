@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from procs import db_rows, signal_when
 
 from invfp.data import (
     Dataset,
@@ -96,14 +95,6 @@ def test_builtin_small_set_is_the_recipe_and_is_cached(small_db, tmp_path):
     assert again.atoms[5].get_forces().shape == (10, 3)
 
 
-def _rows(db: Path) -> int:
-    try:
-        with sqlite3.connect(db, timeout=1) as con:
-            return con.execute("SELECT count(*) FROM systems").fetchone()[0]
-    except sqlite3.Error:  # not created yet, or locked this instant
-        return 0
-
-
 def _assert_same_frames(a: Path, b: Path) -> None:
     fa, fb = read_frames(a), read_frames(b)
     key = [(f.info["relaxation"], f.info["step"]) for f in fa]
@@ -124,13 +115,8 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     cmd = [sys.executable, "-m", "invfp", "data", "make", "pt10-emt", "-o", str(out), "--relaxations", str(n)]
     cmd += ["--max-steps", "150"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "INVFP_LOAD_PLUGINS": ""}
-    proc = subprocess.Popen([*cmd, "--workers", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while _rows(out) == 0 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    _, code, _ = signal_when([*cmd, "--workers", "1"], env, lambda: db_rows(out) > 0, signal.SIGKILL, timeout=60)
+    assert code == -signal.SIGKILL, "the run finished before it could be killed"
     partial = read_frames(out)  # readable after kill -9
     done = {f.info["relaxation"] for f in partial}
     assert 1 <= len(done) < n
@@ -141,9 +127,9 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     reference = make_dataset(tmp_path / "ref.db", relaxations=n, max_steps=150, workers=2)
     _assert_same_frames(out, reference)
     # Rerunning a complete file changes nothing.
-    rows = _rows(out)
+    rows = db_rows(out)
     make_dataset(out, relaxations=n, max_steps=150, workers=1)
-    assert _rows(out) == rows
+    assert db_rows(out) == rows
 
 
 def test_incomplete_relaxation_is_redone(small_db, tmp_path):
@@ -164,10 +150,10 @@ def test_extending_keeps_rows_and_other_settings_are_refused(small_db, tmp_path)
     import shutil
 
     copy = Path(shutil.copy(small_db, tmp_path / "grow.db"))
-    before = _rows(copy)
+    before = db_rows(copy)
     with pytest.raises(DataError, match="seed: 0 there, 3 asked"):
         make_dataset(copy, relaxations=3, seed=3, workers=1)
-    assert _rows(copy) == before
+    assert db_rows(copy) == before
     make_dataset(copy, relaxations=3, max_steps=300, workers=1)
     ds = load(copy)
     assert set(ds.column("relaxation")) == {0, 1, 2}

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import read, write
+from procs import db_rows, signal_when
 
 from invfp.testing import random_pt5_clusters
 
@@ -96,14 +96,6 @@ def _rows(directory: Path) -> list[tuple]:
     return sorted((int(r["target_index"]), int(r["sample"]), r["loss"], bool(r["accepted"])) for r in rows.values())
 
 
-def _count(db: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1) as con:
-            return int(con.execute("SELECT COUNT(*) FROM systems").fetchone()[0])
-    except sqlite3.Error:
-        return 0
-
-
 def test_run_end_to_end(reference_run):
     rows = _rows(reference_run)
     assert [(t, s) for t, s, _, _ in rows] == [(t, s) for t in range(2) for s in range(6)]
@@ -140,15 +132,10 @@ def test_run_end_to_end(reference_run):
 
 def test_resume_after_kill_9(tiny_data, cache, reference_run, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_command(tiny_data, out), env=_env(cache), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while _count(out / "results.db") < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-way"
-    partial = _count(out / "results.db")
+    _, code, _ = signal_when(_command(tiny_data, out), _env(cache), lambda: db_rows(out / "results.db") >= 2,
+                             signal.SIGKILL)
+    assert code == -signal.SIGKILL, "the run ended before it could be killed mid-way"
+    partial = db_rows(out / "results.db")
     assert 0 < partial < ROWS and partial % 2 == 0  # only whole chunks of 2 were committed
 
     again = _run_or_dump(_command(tiny_data, out), _env(cache), timeout=240)
