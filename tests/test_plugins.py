@@ -186,6 +186,19 @@ def test_help_does_not_import_torch():
     assert "NO-TORCH" in out.stdout and "Usage" in out.stdout
 
 
+def test_cli_table_is_whole_in_80_columns():
+    # A pipe gets 80 columns: every component's name is printed whole (folded, never cut
+    # to "…"), no line is wider, and the table closes (its right border is there).
+    out = _cli("plugins", env_extra={"COLUMNS": "80"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "…" not in out.stdout and max(len(line) for line in lines) <= 80
+    assert all(line.endswith(("┓", "┃", "┩", "│", "┘")) for line in lines if line.startswith(("┏", "┃", "┡", "│", "└")))
+    for name in ("acsf", "adam-hopping (adam)", "lbfgs", "cvae", "loss-threshold", "surrogate"):
+        assert f"│ {name} " in out.stdout
+    assert "invfp (built-in)" in out.stdout and "representations" in out.stdout
+
+
 def test_cli_unknown_kind_is_one_line_error():
     out = _cli("plugins", "--kind", "nonsense")
     assert out.returncode == 2

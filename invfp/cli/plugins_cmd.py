@@ -27,11 +27,21 @@ def plugins(
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="invfp components")
-    for col in ("kind", "name", "plugin", "version"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("description")
-    for e in entries:
-        name = e["name"] + (f" ({', '.join(e['aliases'])})" if e["aliases"] else "")
-        table.add_row(e["kind"], name, escape(e["plugin"]), e["version"], escape(e["description"]))
-    Console().print(table)
+    # One table per kind, long names folding onto a second line: readable in 80 columns
+    # (a pipe) instead of every cell cut to "…". Built-ins show as such (--json: the
+    # plugin's registered name, e.g. invfp.builtins.optimizers).
+    console = Console()
+    for k in KINDS:
+        rows = [e for e in entries if e["kind"] == k]
+        if not rows:
+            continue
+        table = Table(title=f"{k}s", title_justify="left")
+        table.add_column("name", overflow="fold")
+        table.add_column("plugin", overflow="fold")
+        table.add_column("version", no_wrap=True)
+        table.add_column("description", min_width=24)
+        for e in rows:
+            name = e["name"] + (f" ({', '.join(e['aliases'])})" if e["aliases"] else "")
+            plugin = "invfp (built-in)" if e["plugin"].startswith("invfp.builtins.") else e["plugin"]
+            table.add_row(name, escape(plugin), e["version"], escape(e["description"]))
+        console.print(table)
