@@ -104,13 +104,20 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
 
+def require_file(path: Path) -> None:
+    """InputError unless ``path`` is an existing file; a directory is named as such."""
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not a file; give the path of the file itself")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+
+
 def read_npy(path: str | os.PathLike[str]) -> Any:
     """Read a numeric ``.npy`` array; never unpickles; InputError naming the problem otherwise."""
     import numpy as np
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    require_file(path)
     with path.open("rb") as fh:
         magic = fh.read(6)
     if magic != b"\x93NUMPY":
@@ -207,8 +214,7 @@ def read_structures(path: Any) -> list[Any]:
     from ase.io import read
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    require_file(path)
     try:
         found = read(path, index=":")
     except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files

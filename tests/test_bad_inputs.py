@@ -224,6 +224,11 @@ CASES: list[tuple[str, list[str], list[str]]] = [
      ["cannot write", "afile is a file, not a directory"]),
     # score
     ("score-missing-npy", ["score", "{d}/bundle", "{d}/nothing.npy"], ["nothing.npy", "no such file"]),
+    # the two arguments swapped: each is named for what it is
+    ("score-arguments-swapped", ["score", "{d}/R12.npy", "{d}/bundle"], ["bundle is a directory, not a file"]),
+    ("score-file-as-bundle", ["score", "{d}/R12.npy", "{d}/R12.npy"], ["R12.npy is a file, not a model bundle"]),
+    ("featurize-directory", ["featurize", "{d}/bundle", "--preset", "fung2022", "-o", "{o}/R.npy"],
+     ["bundle is a directory, not a file"]),
     ("score-text-npy", ["score", "{d}/bundle", "{d}/text.npy"], ["not a .npy file", "numpy.save"]),
     ("score-truncated-npy", ["score", "{d}/bundle", "{d}/Rtrunc.npy"], ["damaged or truncated", "write it again"]),
     ("score-pickled-npy", ["score", "{d}/bundle", "{d}/Robj.npy"], ["Python objects", "never unpickles"]),
@@ -237,7 +242,9 @@ CASES: list[tuple[str, list[str], list[str]]] = [
      ["cannot write", "afile is a file, not a directory"]),
     # reconstruct
     ("reconstruct-missing", ["reconstruct", "{d}/nothing.npy", "-f", "Pt4", "--preset", "fung2022",
-                             "-o", "{o}/r.extxyz"], ["nothing.npy", "not found"]),
+                             "-o", "{o}/r.extxyz"], ["nothing.npy", "no such file"]),
+    ("reconstruct-directory-as-fingerprints", ["reconstruct", "{d}/bundle", "-f", "Pt4", "--preset", "fung2022",
+                                               "-o", "{o}/r.extxyz"], ["bundle is a directory, not a file"]),
     ("reconstruct-text-npy", ["reconstruct", "{d}/text.npy", "-f", "Pt4", "--preset", "fung2022",
                               "-o", "{o}/r.extxyz"], ["not a .npy file", "numpy.save"]),
     ("reconstruct-wrong-format", ["reconstruct", "{d}/good.extxyz", "-f", "Pt4", "--preset", "fung2022",

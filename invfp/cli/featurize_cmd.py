@@ -49,12 +49,10 @@ def featurize(
     import torch
 
     import invfp
-    from invfp.errors import InputError
-    from invfp.utils import atomic_write, check_output_path, read_structures, resolve_device
+    from invfp.utils import atomic_write, check_output_path, read_structures, require_file, resolve_device
 
     for path in files:
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
+        require_file(path)
     check_output_path(output)
     rep = invfp.get_representation(representation, **params)
     frames = [atoms for path in files for atoms in read_structures(path)]

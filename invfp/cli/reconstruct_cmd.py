@@ -29,10 +29,9 @@ def _load_targets(path: Path) -> object:
     import numpy as np
 
     from invfp.errors import InputError
-    from invfp.utils import read_npy
+    from invfp.utils import read_npy, require_file
 
-    if not path.is_file():
-        raise InputError(f"fingerprint file {str(path)!r} not found")
+    require_file(path)
     if path.suffix == ".npy":
         return read_npy(path)
     try:

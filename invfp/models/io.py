@@ -354,6 +354,10 @@ def load_bundle(
     from invfp.models.surrogate import Surrogate
 
     path = Path(directory)
+    if path.is_file():
+        raise ModelLoadError(
+            f"{path} is a file, not a model bundle (the directory `invfp train -o DIR` writes)"
+        )
     if not path.is_dir():
         raise ModelLoadError(f"model bundle {path} does not exist; create it with `invfp train ... -o {path}`")
     meta = read_json(path / BUNDLE_FILE, "model bundle")
