@@ -413,7 +413,14 @@ def _check_fit(numbers: np.ndarray, cell: np.ndarray | None, pbc: tuple[bool, bo
 
 
 def _pbc(pbc: Any) -> tuple[bool, bool, bool]:
-    arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    """One bool, or one per cell vector (as ASE's ``Atoms.pbc``); 0 and 1 count as bools."""
+    values = np.asarray(pbc, dtype=object).reshape(-1)
+    ok = values.size in (1, 3) and all(
+        isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)) for v in values
+    )
+    if not ok:
+        raise InputError(f"pbc must be True, False or three of them (one per cell vector), got {pbc!r}")
+    arr = np.broadcast_to(values.astype(bool), (3,))
     return (bool(arr[0]), bool(arr[1]), bool(arr[2]))
 
 
@@ -482,8 +489,9 @@ def reconstruct(
     """
     from invfp.plugins import create
     from invfp.representations.base import Representation
-    from invfp.utils import progress_bar, resolve_device
+    from invfp.utils import check_seed, progress_bar, resolve_device
 
+    seed = check_seed(seed)
     arr = _as_targets(targets)
     z = parse_numbers(numbers)
     cell_arr = parse_cell(cell)

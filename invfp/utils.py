@@ -148,15 +148,31 @@ def resolve_device(device: Any = None) -> Any:
     return dev
 
 
+def check_seed(seed: Any, name: str = "seed") -> int | None:
+    """``seed`` as an int >= 0, or None; ConfigError for anything else.
+
+    A float, a string or a negative number is a mistake, not a seed: taken as given it would
+    be truncated (1.5 -> 1), wrapped or fail deep inside NumPy or torch.
+    """
+    import numpy as np
+
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"{name} must be an integer >= 0 (or None for fresh entropy), got {seed!r}")
+    return int(seed)
+
+
 def make_generator(seed: int | None, device: Any = "cpu") -> Any:
     """A ``torch.Generator`` on ``device``, seeded (or from fresh entropy when None)."""
     import torch
 
+    seed = check_seed(seed)
     gen = torch.Generator(device=device)
     if seed is None:
         gen.seed()
     else:
-        gen.manual_seed(int(seed))
+        gen.manual_seed(seed)
     return gen
 
 

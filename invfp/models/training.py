@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from invfp.errors import InputError
-from invfp.utils import make_generator
+from invfp.utils import check_seed, make_generator
 
 LossFn = Callable[[torch.nn.Module, Sequence[torch.Tensor], torch.Generator], Mapping[str, torch.Tensor]]
 
@@ -70,7 +70,7 @@ def split_indices(
     Each held-out part gets ``round(n * fraction)`` rows but at least 1 when its
     fraction is > 0, and the training part keeps at least 1 row.
     """
-    perm = np.random.default_rng(seed).permutation(n)
+    perm = np.random.default_rng(check_seed(seed)).permutation(n)
     sizes = [max(1, round(n * f)) if f > 0 else 0 for f in fractions]
     if sum(sizes) >= n:
         raise InputError(f"{n} samples are too few for held-out fractions {list(fractions)}; give more data")
