@@ -201,9 +201,13 @@ class Pipeline:
     Args:
         representation: the representation the models were trained on (an object).
         generator: a fitted generative model (``sample(y, n, seed=) -> [n, D]`` raw scale).
-        numbers: the composition of every generated structure (atomic numbers).
+        numbers: the composition of every generated structure (atomic numbers or
+            symbols, or a formula such as ``"Pt10"``).
         cell: the reconstruction cell (a number, three lengths or 3×3), or ``None``.
-        pbc: periodic directions.
+        pbc: periodic directions (a bool or three).
+
+    The composition, cell, pbc, optimizer parameters and ``loss_threshold`` are checked
+    here, so a bad one fails before any sampling or reconstruction.
         surrogate: a fitted surrogate (``predict(R) -> [B]``), needed by the
             ``surrogate`` filter.
         optimizer: an optimizer name, with ``optimizer_options`` its parameters (the
@@ -249,15 +253,27 @@ class Pipeline:
         prescreen: int = 0,
     ) -> None:
         from invfp.plugins import create
+        from invfp.reconstruction import parse_cell, parse_numbers, parse_pbc
 
+        # What reconstruction would refuse is refused here, before any sampling or chunk.
+        self.numbers = [int(z) for z in parse_numbers(numbers)]
+        if any(parse_pbc(pbc)) and parse_cell(cell) is None:
+            raise InputError("periodic reconstruction needs a cell (cell=...)")
         self.representation = representation
         self.generator = generator
-        self.numbers = [int(z) for z in numbers]
         self.cell = cell
         self.pbc = pbc
         self.surrogate = surrogate
         self.optimizer = optimizer
         self.optimizer_options = dict(optimizer_options or {})
+        # unknown names and bad values (reconstruct's own keywords, e.g. workers, pass through)
+        create("optimizer", optimizer, **{k: v for k, v in self.optimizer_options.items() if k not in ("workers", "start")})
+        if loss_threshold is not None and (
+            isinstance(loss_threshold, bool)
+            or not isinstance(loss_threshold, (int, float))
+            or not (0 < loss_threshold < math.inf)
+        ):
+            raise ConfigError(f"loss_threshold must be a finite number > 0 (or None: calibrate), got {loss_threshold!r}")
         self.filters: list[Validator] = [create("validator", v) for v in filters]
         self.oracle: Validator | None = None if oracle is None else create("validator", oracle)
         names = [v.name for v in self.filters] + ([self.oracle.name] if self.oracle else [])

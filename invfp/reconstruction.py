@@ -31,6 +31,7 @@ __all__ = [
     "cluster_radius",
     "parse_cell",
     "parse_numbers",
+    "parse_pbc",
     "reconstruct",
 ]
 
@@ -412,7 +413,7 @@ def _check_fit(numbers: np.ndarray, cell: np.ndarray | None, pbc: tuple[bool, bo
             )
 
 
-def _pbc(pbc: Any) -> tuple[bool, bool, bool]:
+def parse_pbc(pbc: Any) -> tuple[bool, bool, bool]:
     """One bool, or one per cell vector (as ASE's ``Atoms.pbc``); 0 and 1 count as bools."""
     values = np.asarray(pbc, dtype=object).reshape(-1)
     ok = values.size in (1, 3) and all(
@@ -495,7 +496,7 @@ def reconstruct(
     arr = _as_targets(targets)
     z = parse_numbers(numbers)
     cell_arr = parse_cell(cell)
-    pbc_t = _pbc(pbc)
+    pbc_t = parse_pbc(pbc)
     if any(pbc_t) and cell_arr is None:
         raise InputError("periodic reconstruction needs a cell (cell=...)")
     _check_fit(z, cell_arr, pbc_t)

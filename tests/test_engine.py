@@ -146,6 +146,19 @@ def test_pipeline_bad_configuration(tiny):
         Pipeline(pipe.representation, pipe.generator, numbers=[78] * 5, filters=("geometry", "energy"))
     with pytest.raises(InputError, match="finite"):
         pipe.run([float("nan")], 2, progress=False)
+    # What reconstruction would refuse is refused when the pipeline is made, before any chunk.
+    kw = {"numbers": "Pt5", "filters": ("loss-threshold",)}
+    assert Pipeline(pipe.representation, pipe.generator, **kw).numbers == [78] * 5  # a formula, as in reconstruct
+    with pytest.raises(InputError, match="cannot read the composition 'Xx5'"):
+        Pipeline(pipe.representation, pipe.generator, numbers="Xx5", filters=("loss-threshold",))
+    with pytest.raises(InputError, match="periodic reconstruction needs a cell"):
+        Pipeline(pipe.representation, pipe.generator, pbc=True, **kw)
+    with pytest.raises(ConfigError, match="no parameter 'hopz' \\(did you mean 'hops'\\?\\)"):
+        Pipeline(pipe.representation, pipe.generator, optimizer_options={"hopz": 2}, **kw)
+    with pytest.raises(ConfigError, match="restarts=0 must be an integer >= 1"):
+        Pipeline(pipe.representation, pipe.generator, optimizer_options={"restarts": 0}, **kw)
+    with pytest.raises(ConfigError, match="loss_threshold must be a finite number > 0"):
+        Pipeline(pipe.representation, pipe.generator, loss_threshold=float("nan"), **kw)
 
 
 def test_prescreen_reconstructs_the_draws_the_surrogate_puts_closest_to_the_target(tiny):
