@@ -27,7 +27,7 @@ def make(
     relaxations: Annotated[
         int, typer.Option(help="Number of relaxations (about 210 frames each for Pt10).")
     ] = 160,
-    seed: Annotated[int, typer.Option(help="Base seed; relaxation r uses (seed, r).")] = 0,
+    seed: Annotated[int, typer.Option(help="Base seed; relaxation r uses (seed, r).", min=0)] = 0,
     formula: Annotated[str, typer.Option(help="Composition, e.g. Pt10 or Pt8Au2.")] = "Pt10",
     calculator: Annotated[
         str, typer.Option(help="ASE calculator by name (no external program): emt, lj, ...")

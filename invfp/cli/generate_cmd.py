@@ -14,7 +14,7 @@ def generate(
     target: Annotated[float, typer.Option("--target", "-t", help="Target property value.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output .npy file [n, D] (written atomically).")],
     n: Annotated[int, typer.Option("--n", "-n", help="Number of fingerprints to sample.")] = 1000,
-    seed: Annotated[Optional[int], typer.Option(help="Seed (the same seed gives the same samples).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (the same seed gives the same samples).", min=0)] = None,
     delta: Annotated[float, typer.Option(help="Half-width of the on-target window in the summary.")] = 0.1,
     temperature: Annotated[
         Optional[float],

@@ -55,7 +55,7 @@ def reconstruct(
     option: list[str] = typer.Option(None, "--option", help="Optimizer parameter KEY=VALUE, e.g. steps=500."),
     restarts: int = typer.Option(None, "--restarts", help="Random starts per target."),
     hops: int = typer.Option(None, "--hops", help="Basin hops per start (adam-hopping)."),
-    seed: int = typer.Option(None, "--seed", help="Seed: the same seed gives the same structures."),
+    seed: int = typer.Option(None, "--seed", help="Seed: the same seed gives the same structures.", min=0),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:0 (default: CUDA if available)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
     feature_scale: str = typer.Option("none", "--feature-scale", help="Per-feature loss scaling: none or auto."),

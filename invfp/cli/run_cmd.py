@@ -72,10 +72,10 @@ def run(
     ),
     n: int = typer.Option(None, "--n", help="Samples per target (default 100; --quick 8).", min=1),
     quick: bool = typer.Option(False, "--quick", help="Small data, few epochs, few samples (about a minute)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of everything (data split, training, sampling, reconstruction)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of everything (data split, training, sampling, reconstruction).", min=0),
     reconstruct_seed: int = typer.Option(
         None, "--reconstruct-seed", help="Seed of the reconstruction alone (default: --seed): the same generated "
-        "fingerprints from other random starts.",
+        "fingerprints from other random starts.", min=0,
     ),
     optimizer: str = typer.Option("adam-hopping", "--optimizer", help="Reconstruction optimizer plugin."),
     opt: list[str] = typer.Option(

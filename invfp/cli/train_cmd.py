@@ -35,7 +35,7 @@ def train(
         Optional[int],
         typer.Option(help="Train the generator on this many frames chosen by furthest-point sampling."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split, the weights and the noise.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the weights and the noise.", min=0)] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the training reports as JSON.")] = False,

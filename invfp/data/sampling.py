@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from invfp.errors import InputError
+from invfp.utils import check_seed
 
 
 def furthest_point_sampling(R: np.ndarray, n: int, *, seed: int = 0, standardize: bool = True) -> np.ndarray:
@@ -59,7 +60,7 @@ def furthest_point_sampling(R: np.ndarray, n: int, *, seed: int = 0, standardize
             return np.maximum(sq - 2.0 * (X @ X[i]) + sq[i], 0.0)
         return np.maximum(sq[rows] - 2.0 * (X[rows] @ X[i]) + sq[i], 0.0)
 
-    reference = int(np.random.default_rng(seed).integers(len(X)))
+    reference = int(np.random.default_rng(check_seed(seed)).integers(len(X)))
     picks = np.empty(n, dtype=np.int64)
     picked = np.empty((n, X.shape[1]))  # the picks' rows, contiguous
     picks[0] = int(np.argmax(dist2(reference)))
@@ -93,5 +94,5 @@ def train_val_split(n: int, val_fraction: float = 0.2, seed: int = 0) -> tuple[n
     n_val = int(round(n * val_fraction))
     if val_fraction > 0 and n >= 2:
         n_val = min(max(n_val, 1), n - 1)
-    perm = np.random.default_rng(seed).permutation(n)
+    perm = np.random.default_rng(check_seed(seed)).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
