@@ -198,6 +198,9 @@ class RunResult:
 class Pipeline:
     """Generate fingerprints for target properties, reconstruct them to atoms, validate.
 
+    The composition, cell, pbc, optimizer parameters and ``loss_threshold`` are checked
+    when the pipeline is made, so a bad one fails before any sampling or reconstruction.
+
     Args:
         representation: the representation the models were trained on (an object).
         generator: a fitted generative model (``sample(y, n, seed=) -> [n, D]`` raw scale).
@@ -205,9 +208,6 @@ class Pipeline:
             symbols, or a formula such as ``"Pt10"``).
         cell: the reconstruction cell (a number, three lengths or 3×3), or ``None``.
         pbc: periodic directions (a bool or three).
-
-    The composition, cell, pbc, optimizer parameters and ``loss_threshold`` are checked
-    here, so a bad one fails before any sampling or reconstruction.
         surrogate: a fitted surrogate (``predict(R) -> [B]``), needed by the
             ``surrogate`` filter.
         optimizer: an optimizer name, with ``optimizer_options`` its parameters (the
@@ -270,7 +270,7 @@ class Pipeline:
         create("optimizer", optimizer, **{k: v for k, v in self.optimizer_options.items() if k not in ("workers", "start")})
         if loss_threshold is not None and (
             isinstance(loss_threshold, bool)
-            or not isinstance(loss_threshold, (int, float))
+            or not isinstance(loss_threshold, (int, float, np.integer, np.floating))
             or not (0 < loss_threshold < math.inf)
         ):
             raise ConfigError(f"loss_threshold must be a finite number > 0 (or None: calibrate), got {loss_threshold!r}")
