@@ -450,8 +450,12 @@ class Pipeline:
                 the same samples, reconstructed from other random starts.
         """
         from invfp.executors import LocalExecutor
-        from invfp.utils import progress_bar
+        from invfp.utils import check_seed, progress_bar
 
+        seed = check_seed(seed)
+        reconstruct_seed = check_seed(reconstruct_seed, "reconstruct_seed")
+        if seed is None:
+            raise ConfigError("seed must be an integer >= 0: a run's chunks are seeded from it (resume needs that)")
         targets = [float(t) for t in targets]
         if not targets or not all(math.isfinite(t) for t in targets):
             raise InputError(f"targets must be finite numbers, got {targets}")

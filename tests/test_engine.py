@@ -146,6 +146,10 @@ def test_pipeline_bad_configuration(tiny):
         Pipeline(pipe.representation, pipe.generator, numbers=[78] * 5, filters=("geometry", "energy"))
     with pytest.raises(InputError, match="finite"):
         pipe.run([float("nan")], 2, progress=False)
+    with pytest.raises(ConfigError, match="seed must be an integer >= 0 .*got 1.5"):
+        pipe.run([1.0], 2, seed=1.5, progress=False)
+    with pytest.raises(ConfigError, match="reconstruct_seed must be an integer >= 0 .*got -1"):
+        pipe.run([1.0], 2, reconstruct_seed=-1, progress=False)
     # What reconstruction would refuse is refused when the pipeline is made, before any chunk.
     kw = {"numbers": "Pt5", "filters": ("loss-threshold",)}
     assert Pipeline(pipe.representation, pipe.generator, **kw).numbers == [78] * 5  # a formula, as in reconstruct
