@@ -94,6 +94,8 @@ def fingerprint_distance(r1: Any, r2: Any, *, kind: str = "mae") -> float | np.n
         diff = x - y
     except ValueError as exc:
         raise InputError(f"fingerprints of shapes {x.shape} and {y.shape} cannot be compared") from exc
+    if not np.all(np.isfinite(diff)):
+        raise InputError("fingerprints contain NaN or infinite values; remove or fix those rows first")
     if kind == "mae":
         out = np.abs(diff).mean(-1)
     elif kind == "mse":
@@ -108,7 +110,10 @@ def fingerprint_distance(r1: Any, r2: Any, *, kind: str = "mae") -> float | np.n
 def _as_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=np.float64)
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"fingerprints must be numbers [D] or [B, D], got {type(value).__name__}") from exc
 
 
 def _unpack(x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
@@ -121,7 +126,10 @@ def _unpack(x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarr
             cell if has_cell else None,
             np.asarray(x.pbc, dtype=bool),
         )
-    pos = np.asarray(x, dtype=np.float64)
+    try:
+        pos = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"rmsd needs ase.Atoms or positions [N, 3], got {type(x).__name__}") from exc
     if pos.ndim != 2 or pos.shape[1] != 3:
         raise InputError(f"rmsd needs ase.Atoms or positions [N, 3], got shape {pos.shape}")
     return pos, np.zeros(len(pos), dtype=int), None, np.zeros(3, dtype=bool)

@@ -101,6 +101,12 @@ def test_fingerprint_distance_values():
         fingerprint_distance(r1, r2, kind="l7")
     with pytest.raises(InputError):
         fingerprint_distance(r1, np.ones(3))
+    with pytest.raises(InputError, match="NaN or infinite"):  # not a silent nan
+        fingerprint_distance(r1, np.array([1.0, np.nan, 3.0, 4.0]))
+    with pytest.raises(InputError, match="must be numbers .* got str"):
+        fingerprint_distance("R.npy", r2)
+    with pytest.raises(InputError, match=r"rmsd needs ase.Atoms or positions \[N, 3\], got str"):
+        rmsd("a.xyz", "b.xyz")
 
 
 def test_periodic_lattice_symmetry_and_inversion():
