@@ -253,12 +253,15 @@ class Pipeline:
         prescreen: int = 0,
     ) -> None:
         from invfp.plugins import create
-        from invfp.reconstruction import parse_cell, parse_numbers, parse_pbc
+        from invfp.reconstruction import check_fit, parse_cell, parse_numbers, parse_pbc
 
         # What reconstruction would refuse is refused here, before any sampling or chunk.
-        self.numbers = [int(z) for z in parse_numbers(numbers)]
-        if any(parse_pbc(pbc)) and parse_cell(cell) is None:
+        z = parse_numbers(numbers)
+        cell_arr, pbc_t = parse_cell(cell), parse_pbc(pbc)
+        if any(pbc_t) and cell_arr is None:
             raise InputError("periodic reconstruction needs a cell (cell=...)")
+        check_fit(z, cell_arr, pbc_t)
+        self.numbers = [int(v) for v in z]
         self.representation = representation
         self.generator = generator
         self.cell = cell

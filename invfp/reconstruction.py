@@ -28,6 +28,7 @@ __all__ = [
     "ReconstructionProblem",
     "ReconstructionResult",
     "auto_feature_scale",
+    "check_fit",
     "cluster_radius",
     "parse_cell",
     "parse_numbers",
@@ -387,7 +388,7 @@ def _formula(numbers: np.ndarray) -> str:
     return Atoms(numbers=numbers).get_chemical_formula(mode="reduce")
 
 
-def _check_fit(numbers: np.ndarray, cell: np.ndarray | None, pbc: tuple[bool, bool, bool]) -> None:
+def check_fit(numbers: np.ndarray, cell: np.ndarray | None, pbc: tuple[bool, bool, bool]) -> None:
     """Refuse compositions that cannot fit the cell (the optimizer would only squash atoms)."""
     if cell is None:
         return
@@ -499,7 +500,7 @@ def reconstruct(
     pbc_t = parse_pbc(pbc)
     if any(pbc_t) and cell_arr is None:
         raise InputError("periodic reconstruction needs a cell (cell=...)")
-    _check_fit(z, cell_arr, pbc_t)
+    check_fit(z, cell_arr, pbc_t)
     dtype = _dtype(dtype)
     dev = resolve_device(device)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

@@ -157,6 +157,10 @@ def test_pipeline_bad_configuration(tiny):
         Pipeline(pipe.representation, pipe.generator, numbers="Xx5", filters=("loss-threshold",))
     with pytest.raises(InputError, match="periodic reconstruction needs a cell"):
         Pipeline(pipe.representation, pipe.generator, pbc=True, **kw)
+    with pytest.raises(InputError, match="cell lengths must be positive"):
+        Pipeline(pipe.representation, pipe.generator, cell=-20.0, **kw)
+    with pytest.raises(InputError, match="does not fit a cell 3.0 Å wide"):
+        Pipeline(pipe.representation, pipe.generator, cell=3.0, **kw)
     with pytest.raises(ConfigError, match="no parameter 'hopz' \\(did you mean 'hops'\\?\\)"):
         Pipeline(pipe.representation, pipe.generator, optimizer_options={"hopz": 2}, **kw)
     with pytest.raises(ConfigError, match="restarts=0 must be an integer >= 1"):
