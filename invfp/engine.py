@@ -253,15 +253,10 @@ class Pipeline:
         prescreen: int = 0,
     ) -> None:
         from invfp.plugins import create
-        from invfp.reconstruction import check_fit, parse_cell, parse_numbers, parse_pbc
+        from invfp.reconstruction import parse_system
 
         # What reconstruction would refuse is refused here, before any sampling or chunk.
-        z = parse_numbers(numbers)
-        cell_arr, pbc_t = parse_cell(cell), parse_pbc(pbc)
-        if any(pbc_t) and cell_arr is None:
-            raise InputError("periodic reconstruction needs a cell (cell=...)")
-        check_fit(z, cell_arr, pbc_t)
-        self.numbers = [int(v) for v in z]
+        self.numbers = [int(v) for v in parse_system(numbers, cell, pbc)[0]]
         self.representation = representation
         self.generator = generator
         self.cell = cell

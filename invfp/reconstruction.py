@@ -28,11 +28,10 @@ __all__ = [
     "ReconstructionProblem",
     "ReconstructionResult",
     "auto_feature_scale",
-    "check_fit",
     "cluster_radius",
     "parse_cell",
     "parse_numbers",
-    "parse_pbc",
+    "parse_system",
     "reconstruct",
 ]
 
@@ -388,7 +387,7 @@ def _formula(numbers: np.ndarray) -> str:
     return Atoms(numbers=numbers).get_chemical_formula(mode="reduce")
 
 
-def check_fit(numbers: np.ndarray, cell: np.ndarray | None, pbc: tuple[bool, bool, bool]) -> None:
+def _check_fit(numbers: np.ndarray, cell: np.ndarray | None, pbc: tuple[bool, bool, bool]) -> None:
     """Refuse compositions that cannot fit the cell (the optimizer would only squash atoms)."""
     if cell is None:
         return
@@ -414,7 +413,7 @@ def check_fit(numbers: np.ndarray, cell: np.ndarray | None, pbc: tuple[bool, boo
             )
 
 
-def parse_pbc(pbc: Any) -> tuple[bool, bool, bool]:
+def _parse_pbc(pbc: Any) -> tuple[bool, bool, bool]:
     """One bool, or one per cell vector (as ASE's ``Atoms.pbc``); 0 and 1 count as bools."""
     values = np.asarray(pbc, dtype=object).reshape(-1)
     ok = values.size in (1, 3) and all(
@@ -424,6 +423,24 @@ def parse_pbc(pbc: Any) -> tuple[bool, bool, bool]:
         raise InputError(f"pbc must be True, False or three of them (one per cell vector), got {pbc!r}")
     arr = np.broadcast_to(values.astype(bool), (3,))
     return (bool(arr[0]), bool(arr[1]), bool(arr[2]))
+
+
+def parse_system(
+    numbers: Any, cell: Any = None, pbc: Any = False
+) -> tuple[np.ndarray, np.ndarray | None, tuple[bool, bool, bool]]:
+    """The composition, cell and pbc of a reconstruction, checked: ``(numbers, cell, pbc)``.
+
+    Raises:
+        InputError: an unreadable composition, cell or pbc, a periodic direction without a
+            cell, or atoms that cannot fit the cell.
+    """
+    z = parse_numbers(numbers)
+    cell_arr = parse_cell(cell)
+    pbc_t = _parse_pbc(pbc)
+    if any(pbc_t) and cell_arr is None:
+        raise InputError("periodic reconstruction needs a cell (cell=...)")
+    _check_fit(z, cell_arr, pbc_t)
+    return z, cell_arr, pbc_t
 
 
 def reconstruct(
@@ -495,12 +512,7 @@ def reconstruct(
 
     seed = check_seed(seed)
     arr = _as_targets(targets)
-    z = parse_numbers(numbers)
-    cell_arr = parse_cell(cell)
-    pbc_t = parse_pbc(pbc)
-    if any(pbc_t) and cell_arr is None:
-        raise InputError("periodic reconstruction needs a cell (cell=...)")
-    check_fit(z, cell_arr, pbc_t)
+    z, cell_arr, pbc_t = parse_system(numbers, cell, pbc)
     dtype = _dtype(dtype)
     dev = resolve_device(device)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
