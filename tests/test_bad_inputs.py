@@ -125,6 +125,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     # featurize
     ("featurize-missing-file", ["featurize", "{d}/nothing.extxyz", "--preset", "fung2022", "-o", "{o}/R.npy"],
      ["nothing.extxyz", "no such file"]),
+    ("featurize-directory", ["featurize", "{d}/bundle", "--preset", "fung2022", "-o", "{o}/R.npy"],
+     ["bundle is a directory, not a file"]),
     ("featurize-empty-file", ["featurize", "{d}/empty.extxyz", "--preset", "fung2022", "-o", "{o}/R.npy"],
      ["empty.extxyz", "ASE cannot read it", "Empty file"]),
     ("featurize-garbage-extxyz", ["featurize", "{d}/garbage.extxyz", "--preset", "fung2022", "-o", "{o}/R.npy"],
@@ -227,8 +229,6 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     # the two arguments swapped: each is named for what it is
     ("score-arguments-swapped", ["score", "{d}/R12.npy", "{d}/bundle"], ["bundle is a directory, not a file"]),
     ("score-file-as-bundle", ["score", "{d}/R12.npy", "{d}/R12.npy"], ["R12.npy is a file, not a model bundle"]),
-    ("featurize-directory", ["featurize", "{d}/bundle", "--preset", "fung2022", "-o", "{o}/R.npy"],
-     ["bundle is a directory, not a file"]),
     ("score-text-npy", ["score", "{d}/bundle", "{d}/text.npy"], ["not a .npy file", "numpy.save"]),
     ("score-truncated-npy", ["score", "{d}/bundle", "{d}/Rtrunc.npy"], ["damaged or truncated", "write it again"]),
     ("score-pickled-npy", ["score", "{d}/bundle", "{d}/Robj.npy"], ["Python objects", "never unpickles"]),
