@@ -244,8 +244,12 @@ def test_extxyz_with_mixed_compositions(tmp_path):
     np.testing.assert_allclose(au.y, [0, -1])
     with pytest.raises(DataError, match="no frames of .* have the composition Pt5"):
         load(path, formula="Pt5")
-    with pytest.raises(DataError, match="has the property 'energy'; keys every frame has: formation_energy"):
+    with pytest.raises(DataError, match="has the property 'energy' .*; keys every frame has: formation_energy"):
         load(path, formula="Pt4", property="energy")
+    with pytest.raises(DataError, match="'formation_enrgy' \\(did you mean 'formation_energy'\\?\\)"):
+        load(path, formula="Pt4", property="formation_enrgy")
+    with pytest.raises(DataError, match="has the property 'band_gap'; keys every frame"):  # nothing close: no guess
+        load(path, formula="Pt4", property="band_gap")
 
 
 def test_atom_order_is_unified(tmp_path):

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from invfp.components import closest
 from invfp.errors import DataError
 
 if TYPE_CHECKING:
@@ -335,8 +336,10 @@ def property_values(frames: Sequence[ase.Atoms], key: str, source: str = "") -> 
     if missing:
         keys = available_keys(frames)
         where = "no frame" if missing == len(frames) else f"{missing} of {len(frames)} frames"
+        guess = closest(key, keys)
+        hint = f" (did you mean {guess!r}?)" if guess else ""
         raise DataError(
-            f"{where} of {source or 'the data'} has the property {key!r}; "
+            f"{where} of {source or 'the data'} has the property {key!r}{hint}; "
             f"keys every frame has: {', '.join(keys) if keys else 'none'}"
         )
     return values
