@@ -208,6 +208,13 @@ def test_cli_reconstructs_csv_and_reports_bad_input(fung, pt4, tmp_path):
     assert len(frames) == 1 and frames[0].get_chemical_formula() == "Pt4"
     loss = frames[0].info["loss"]
     assert loss == pytest.approx(float(np.abs(fung.featurize(frames[0]) - target).mean()), rel=1e-4, abs=1e-7)
+    traj = tmp_path / "out.traj"  # ASE's own format keeps the loss too, and the same seed gives the same frame
+    done = _cli(str(csv), "--formula", "Pt4", "--cell", "20", "--preset", "fung2022", "--seed", "0",
+                "--device", "cpu", "-q", "-o", str(traj), *opts)
+    assert done.returncode == 0, done.stderr
+    (again,) = read(traj, index=":")
+    assert again.info["loss"] == loss  # extxyz keeps 8 decimals of the positions, traj all of them
+    np.testing.assert_allclose(again.positions, frames[0].positions, rtol=0, atol=1e-7)
 
     np.save(tmp_path / "short.npy", target[:10])
     bad = _cli(str(tmp_path / "short.npy"), "--formula", "Pt4", "--cell", "20", "--preset", "fung2022",

@@ -45,7 +45,7 @@ def _load_targets(path: Path) -> object:
 def reconstruct(
     fingerprints: Path = typer.Argument(..., help="Target fingerprints [B, D] or [D]: .npy or comma-separated .csv."),
     formula: str = typer.Option(..., "--formula", "-f", help="Composition of every target, e.g. Pt10 or NaCl4."),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the structures (.extxyz)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the structures: .extxyz, .xyz (extended XYZ) or .traj (ASE trajectory)."),
     cell: str = typer.Option(None, "--cell", help="Cell in Å: one length (cubic), 'a,b,c' or nine numbers."),
     pbc: bool = typer.Option(False, "--pbc", help="Periodic in all three directions (needs --cell)."),
     repr_name: str = typer.Option("acsf", "--repr", help="Representation that made the fingerprints."),
@@ -77,10 +77,12 @@ def reconstruct(
     from invfp.plugins import create
     from invfp.utils import atomic_write, check_output_path, read_structures
 
-    if output.suffix not in (".extxyz", ".xyz"):
+    # formats that keep each frame's info (its loss); ase.db and CIF would drop it
+    formats = {".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj"}
+    if output.suffix not in formats:
         from invfp.cli.app import error
 
-        error(f"--output {str(output)!r}: write .extxyz (or .xyz)")
+        error(f"--output {str(output)!r}: write .extxyz, .xyz or .traj (formats that keep each frame's loss)")
     check_output_path(output)
     targets = _load_targets(fingerprints)
     start_frames = None if start is None else read_structures(start)
@@ -118,7 +120,7 @@ def reconstruct(
     def write(tmp: Path) -> None:
         from ase.io import write as ase_write
 
-        ase_write(tmp, [r.atoms for r in results], format="extxyz")
+        ase_write(tmp, [r.atoms for r in results], format=formats[output.suffix])
 
     atomic_write(output, write)
     if not quiet:
