@@ -133,6 +133,61 @@ def read_npy(path: str | os.PathLike[str]) -> Any:
     return array
 
 
+ARRAY_FORMATS = {".npy": "npy", ".csv": "csv"}
+"""Array files the CLI reads and writes: NumPy's .npy, or comma-separated text (one row per line)."""
+
+
+def array_format(path: str | os.PathLike[str], *, ndim: int | None = None) -> str:
+    """``"npy"`` or ``"csv"`` by the suffix of ``path``; ConfigError for any other (or CSV of a 3-D array).
+
+    Commands call it on ``-o`` before any work, so that a wrong suffix is refused at once
+    instead of NumPy's binary format being written under a ``.csv`` name.
+    """
+    path = Path(path)
+    fmt = ARRAY_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"{str(path)!r}: write arrays to .npy (NumPy) or .csv (comma-separated text)")
+    if fmt == "csv" and ndim is not None and ndim > 2:
+        raise ConfigError(f"{str(path)!r}: a {ndim}-D array (per-atom features) does not fit a CSV table; write .npy")
+    return fmt
+
+
+def read_array(path: str | os.PathLike[str], what: str = "arrays") -> Any:
+    """A numeric array from ``.npy`` (:func:`read_npy`) or comma-separated ``.csv`` (at least 2-D).
+
+    ``what`` names the content in errors (``"fingerprints"``).
+    """
+    import numpy as np
+
+    path = Path(path)
+    require_file(path)
+    if path.suffix.lower() == ".npy":
+        return read_npy(path)
+    if path.suffix.lower() != ".csv":
+        raise InputError(f"{str(path)!r}: {what} must be a .npy array or a comma-separated .csv")
+    try:
+        return np.loadtxt(path, delimiter=",", ndmin=2)
+    except ValueError as exc:
+        raise InputError(f"cannot read {what} from {str(path)!r}: {exc}") from exc
+
+
+def write_array(path: str | os.PathLike[str], array: Any) -> Path:
+    """Write ``array`` atomically as .npy or comma-separated .csv (by the suffix; see :func:`array_format`)."""
+    import numpy as np
+
+    array = np.asarray(array)
+    fmt = array_format(path, ndim=array.ndim)
+
+    def write(tmp: Path) -> None:
+        if fmt == "csv":  # full float64 precision, so reading it back gives the same numbers
+            np.savetxt(tmp, np.atleast_1d(array), delimiter=",", fmt="%.17g")
+        else:
+            with tmp.open("wb") as fh:  # a handle: np.save would append ".npy" to the temp name
+                np.save(fh, array, allow_pickle=False)
+
+    return atomic_write(path, write)
+
+
 def resolve_device(device: Any = None) -> Any:
     """A ``torch.device``: the one asked for, else CUDA when available, else CPU."""
     import torch

@@ -365,6 +365,16 @@ def test_cli_featurize(tmp_path):
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "A.npy").shape == (2, 3, 2 * 2)
 
+    # comma-separated text, as the paper's released fingerprints: the same numbers, to the last bit
+    result = runner.invoke(app, [*args[:-2], "-o", str(tmp_path / "R.csv")])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "R.csv", delimiter=",", ndmin=2), np.load(out))
+    for name, words in (("A.csv", "does not fit a CSV table"), ("R.txt", "write arrays to .npy")):
+        result = runner.invoke(app, [*args[:-2], *(["--per-atom"] if name == "A.csv" else []), "-o",
+                                     str(tmp_path / name)])
+        assert isinstance(result.exception, ConfigError) and words in str(result.exception)
+        assert not (tmp_path / name).exists()
+
     bad = runner.invoke(app, ["featurize", str(path), "--param", "rcut=5", "-o", str(out)])
     assert isinstance(bad.exception, ConfigError) and "did you mean 'r_cut'" in str(bad.exception)
     species = 'species=["H", "O"]'

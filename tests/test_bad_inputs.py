@@ -64,6 +64,7 @@ def inputs(tmp_path_factory) -> Path:
     (d / "garbage.extxyz").write_text("3\nnot = \"an extxyz\nPt 0 0 x\n")
     (d / "empty.extxyz").write_text("")
     (d / "text.npy").write_text("1,2,3\n")
+    (d / "words.csv").write_text("a,b,c\n")
     (d / "text.db").write_text("hello\n")
     (d / "afile").write_text("a regular file, where a directory is expected\n")
     R, y = testing.synthetic_fingerprints(60, 12, seed=1)
@@ -153,6 +154,11 @@ CASES: list[tuple[str, list[str], list[str]]] = [
      ["unknown device 'tpu'", "use 'cpu'"]),
     ("featurize-output-under-a-file", ["featurize", "{d}/good.extxyz", *ACSF_SMALL, "-o", "{d}/afile/R.npy"],
      ["cannot write", "afile is a file, not a directory", "choose an output path"]),
+    # NumPy's binary format is not written under another name
+    ("featurize-output-format", ["featurize", "{d}/good.extxyz", *ACSF_SMALL, "-o", "{o}/R.txt"],
+     ["R.txt", "write arrays to .npy (NumPy) or .csv"]),
+    ("featurize-per-atom-csv", ["featurize", "{d}/good.extxyz", *ACSF_SMALL, "--per-atom", "-o", "{o}/A.csv"],
+     ["3-D array (per-atom features) does not fit a CSV table", "write .npy"]),
     # data make / info
     ("data-make-unknown-recipe", ["data", "make", "pt11-emt", "-o", "{o}/x.db"],
      ["unknown recipe 'pt11-emt'", "recipes: pt10-emt"]),
@@ -224,6 +230,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
      ["--delta must be > 0"]),
     ("generate-output-under-a-file", ["generate", "{d}/bundle", "--target", "2", "-o", "{d}/afile/g.npy"],
      ["cannot write", "afile is a file, not a directory"]),
+    ("generate-output-format", ["generate", "{d}/bundle", "--target", "2", "-o", "{o}/g.dat"],
+     ["g.dat", "write arrays to .npy (NumPy) or .csv"]),
     # score
     ("score-missing-npy", ["score", "{d}/bundle", "{d}/nothing.npy"], ["nothing.npy", "no such file"]),
     # the two arguments swapped: each is named for what it is
@@ -240,6 +248,9 @@ CASES: list[tuple[str, list[str], list[str]]] = [
      ["--target must be a finite number"]),
     ("score-output-under-a-file", ["score", "{d}/bundle", "{d}/R12.npy", "-o", "{d}/afile/p.npy"],
      ["cannot write", "afile is a file, not a directory"]),
+    ("score-output-format", ["score", "{d}/bundle", "{d}/R12.npy", "-o", "{o}/p.json"],
+     ["p.json", "write arrays to .npy (NumPy) or .csv"]),
+    ("score-csv-of-words", ["score", "{d}/bundle", "{d}/words.csv"], ["cannot read fingerprints", "words.csv"]),
     # reconstruct
     ("reconstruct-missing", ["reconstruct", "{d}/nothing.npy", "-f", "Pt4", "--preset", "fung2022",
                              "-o", "{o}/r.extxyz"], ["nothing.npy", "no such file"]),

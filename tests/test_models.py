@@ -326,6 +326,15 @@ def test_cli_generate_and_score_a_bundle(fitted, tmp_path):
     scored = json.loads(res.stdout)
     err = np.abs(sur.predict(np.load(out)) - 2.0)
     assert scored["mae"] == pytest.approx(err.mean()) and scored["within_delta"] == pytest.approx((err <= 0.1).mean())
+    # .csv in and out: the same samples and predictions as .npy
+    csv = tmp_path / "R.csv"
+    res = runner.invoke(app, ["generate", str(tmp_path / "b"), "--target", "2.0", "--n", "50", "--seed", "3",
+                              "-o", str(csv)])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(np.loadtxt(csv, delimiter=","), np.load(out))
+    res = runner.invoke(app, ["score", str(tmp_path / "b"), str(csv), "-o", str(tmp_path / "p.csv")])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "p.csv"), sur.predict(np.load(out)), rtol=1e-12)
     res = runner.invoke(app, ["generate", str(tmp_path / "b"), "-t", "9.0", "--n", "2", "-o", str(out)])
     assert res.exit_code == 0 and "above the training range" in res.output
     res = runner.invoke(app, ["generate", str(tmp_path / "b"), "-t", "2.0", "--n", "20", "--seed", "3",

@@ -1,4 +1,4 @@
-"""``invfp featurize``: fingerprints of every frame of ASE-readable files, saved as .npy."""
+"""``invfp featurize``: fingerprints of every frame of ASE-readable files, saved as .npy or .csv."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 
 def featurize(
     files: Annotated[list[Path], typer.Argument(help="Structure files ASE can read (every frame is used).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output .npy file (written atomically).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .npy or comma-separated .csv (pooled only), written atomically.")],
     representation: Annotated[
         str, typer.Option("--repr", help="Representation name (see `invfp plugins`).")
     ] = "acsf",
@@ -32,7 +32,7 @@ def featurize(
     batch_size: Annotated[int, typer.Option(help="Structures per batch.")] = 256,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Compute the fingerprint of every frame of FILES and save them as one .npy array."""
+    """Compute the fingerprint of every frame of FILES and save them as one array (.npy or .csv)."""
     from invfp.cli.app import error, key_values
 
     if dtype not in ("float64", "float32"):
@@ -45,14 +45,21 @@ def featurize(
     if per_atom:
         params["pooling"] = None
 
-    import numpy as np
     import torch
 
     import invfp
-    from invfp.utils import atomic_write, check_output_path, read_structures, require_file, resolve_device
+    from invfp.utils import (
+        array_format,
+        check_output_path,
+        read_structures,
+        require_file,
+        resolve_device,
+        write_array,
+    )
 
     for path in files:
         require_file(path)
+    array_format(output, ndim=3 if per_atom else 2)
     check_output_path(output)
     rep = invfp.get_representation(representation, **params)
     frames = [atoms for path in files for atoms in read_structures(path)]
@@ -63,10 +70,5 @@ def featurize(
         dtype=getattr(torch, dtype),
         device=resolve_device(device),
     )
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, values)
-
-    atomic_write(output, write)
+    write_array(output, values)
     typer.echo(f"wrote {output}: {len(frames)} structures, array {list(values.shape)} ({rep.name})")

@@ -12,7 +12,7 @@ import typer
 def generate(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory written by `invfp train`.")],
     target: Annotated[float, typer.Option("--target", "-t", help="Target property value.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output .npy file [n, D] (written atomically).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output [n, D]: .npy or comma-separated .csv (written atomically).")],
     n: Annotated[int, typer.Option("--n", "-n", help="Number of fingerprints to sample.")] = 1000,
     seed: Annotated[Optional[int], typer.Option(help="Seed (the same seed gives the same samples).", min=0)] = None,
     delta: Annotated[float, typer.Option(help="Half-width of the on-target window in the summary.")] = 0.1,
@@ -40,8 +40,9 @@ def generate(
 
     from invfp.models.base import TargetOutOfRangeWarning
     from invfp.models.io import load_bundle
-    from invfp.utils import atomic_write, check_output_path
+    from invfp.utils import array_format, check_output_path, write_array
 
+    array_format(output)
     check_output_path(output)
     b = load_bundle(bundle)
     if hasattr(b.generator, "to"):  # plugin models need not support devices
@@ -62,7 +63,7 @@ def generate(
             typer.secho(f"warning: {w.message}", err=True, fg="yellow")
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    atomic_write(output, lambda tmp: _save(tmp, R))
+    write_array(output, R)
     pred = b.surrogate.predict(R)
     err = np.abs(pred - target)
     summary = {
@@ -77,11 +78,3 @@ def generate(
     typer.echo(f"wrote {R.shape[0]} fingerprints (D = {R.shape[1]}) for {b.property} = {target:g}{units} to {output}")
     typer.echo(f"surrogate: MAE {summary['surrogate_mae']:.4g}{units}, "
                f"{100 * summary['within_delta']:.1f} % within ±{delta:g}{units}")
-
-
-def _save(path: Path, R: object) -> None:
-    """``np.save`` through a file handle, so no ``.npy`` suffix is appended to the name."""
-    import numpy as np
-
-    with path.open("wb") as fh:
-        np.save(fh, R, allow_pickle=False)

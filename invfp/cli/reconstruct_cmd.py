@@ -25,23 +25,6 @@ def _cell(text: str | None) -> object:
     raise ConfigError(f"--cell {text!r}: give one length, three lengths or nine numbers")
 
 
-def _load_targets(path: Path) -> object:
-    import numpy as np
-
-    from invfp.errors import InputError
-    from invfp.utils import read_npy, require_file
-
-    require_file(path)
-    if path.suffix == ".npy":
-        return read_npy(path)
-    try:
-        if path.suffix == ".csv":
-            return np.loadtxt(path, delimiter=",", ndmin=2)
-    except ValueError as exc:
-        raise InputError(f"cannot read fingerprints from {str(path)!r}: {exc}") from exc
-    raise InputError(f"{str(path)!r}: fingerprints must be a .npy array or a comma-separated .csv")
-
-
 def reconstruct(
     fingerprints: Path = typer.Argument(..., help="Target fingerprints [B, D] or [D]: .npy or comma-separated .csv."),
     formula: str = typer.Option(..., "--formula", "-f", help="Composition of every target, e.g. Pt10 or NaCl4."),
@@ -75,7 +58,7 @@ def reconstruct(
     import invfp
     from invfp.cli.app import key_values
     from invfp.plugins import create
-    from invfp.utils import atomic_write, check_output_path, read_structures
+    from invfp.utils import atomic_write, check_output_path, read_array, read_structures
 
     # formats that keep each frame's info (its loss); ase.db and CIF would drop it
     formats = {".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj"}
@@ -84,7 +67,7 @@ def reconstruct(
 
         error(f"--output {str(output)!r}: write .extxyz, .xyz or .traj (formats that keep each frame's loss)")
     check_output_path(output)
-    targets = _load_targets(fingerprints)
+    targets = read_array(fingerprints, "fingerprints")
     start_frames = None if start is None else read_structures(start)
     rep_params = key_values(param, "--param", "r_cut=6.0")
     if preset is not None:

@@ -1,4 +1,4 @@
-"""``invfp score``: the surrogate's property predictions for fingerprints in a .npy file."""
+"""``invfp score``: the surrogate's property predictions for fingerprints in a .npy or .csv file."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import typer
 
 def score(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory written by `invfp train`.")],
-    fingerprints: Annotated[Path, typer.Argument(help=".npy file of fingerprints [n, D] (raw scale).")],
+    fingerprints: Annotated[Path, typer.Argument(help="Fingerprints [n, D] (raw scale): .npy or comma-separated .csv.")],
     target: Annotated[Optional[float], typer.Option("--target", "-t", help="Compare with this target.")] = None,
     delta: Annotated[float, typer.Option(help="Half-width of the on-target window.")] = 0.1,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Also save the predictions [n] as .npy.")
+        Optional[Path], typer.Option("--output", "-o", help="Also save the predictions [n]: .npy or .csv.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
 ) -> None:
@@ -31,21 +31,20 @@ def score(
 
     from invfp.errors import InputError
     from invfp.models.io import load_bundle
-    from invfp.utils import atomic_write, check_output_path, read_npy
+    from invfp.utils import array_format, check_output_path, read_array, write_array
 
-    R = read_npy(fingerprints)
     if output is not None:
+        array_format(output)
         check_output_path(output)
+    R = read_array(fingerprints, "fingerprints")
     b = load_bundle(bundle)
     if R.ndim == 1:
         R = R[None]
-    if R.ndim != 2 or R.shape[0] == 0:  # read_npy has already refused anything but real numbers
+    if R.ndim != 2 or R.shape[0] == 0:  # read_array has already refused anything but real numbers
         raise InputError(f"{fingerprints} holds an array of shape {R.shape}; expected [n, D] numbers")
     pred = b.surrogate.predict(R)
     if output is not None:
-        from invfp.cli.generate_cmd import _save
-
-        atomic_write(output, lambda tmp: _save(tmp, pred))
+        write_array(output, pred)
     result: dict[str, object] = {
         "n": int(pred.size), "property": b.property, "units": b.units,
         "mean": float(pred.mean()), "std": float(pred.std()), "min": float(pred.min()), "max": float(pred.max()),

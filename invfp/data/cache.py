@@ -87,7 +87,7 @@ def featurize(
     Returns:
         ``[n, D]`` NumPy array, row ``i`` the fingerprint of ``dataset.atoms[i]``.
     """
-    from invfp.utils import atomic_write, resolve_device
+    from invfp.utils import resolve_device, write_array
 
     path = cache_dir() / "features" / f"{feature_key(dataset, representation)}.npy" if cache else None
     if path is not None and path.exists():
@@ -101,10 +101,5 @@ def featurize(
         representation.featurize(dataset.atoms, progress=progress, device=resolve_device(device))
     ).reshape(len(dataset), -1)
     if path is not None:
-        atomic_write(path, lambda tmp: _save(tmp, values))
+        write_array(path, values)
     return values
-
-
-def _save(path: Path, values: np.ndarray) -> None:
-    with open(path, "wb") as handle:  # a handle: np.save would append ".npy" to the temp name
-        np.save(handle, values, allow_pickle=False)
