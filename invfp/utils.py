@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -165,10 +166,17 @@ def read_array(path: str | os.PathLike[str], what: str = "arrays") -> Any:
         return read_npy(path)
     if path.suffix.lower() != ".csv":
         raise InputError(f"{str(path)!r}: {what} must be a .npy array or a comma-separated .csv")
+    fix = "write one row per line, the same number of comma-separated numbers on each"
     try:
-        return np.loadtxt(path, delimiter=",", ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # NumPy's "input contained no data": refused below
+            array = np.loadtxt(path, delimiter=",", ndmin=2)
     except ValueError as exc:
-        raise InputError(f"cannot read {what} from {str(path)!r}: {exc}") from exc
+        reason = str(exc).split("; use `usecols`")[0]  # NumPy's hint names its own API, not this file's fix
+        raise InputError(f"cannot read {what} from {str(path)!r}: {reason}; {fix}") from exc
+    if array.size == 0:
+        raise InputError(f"{str(path)!r} holds no numbers; {fix}")
+    return array
 
 
 def write_array(path: str | os.PathLike[str], array: Any) -> Path:

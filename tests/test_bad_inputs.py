@@ -65,6 +65,8 @@ def inputs(tmp_path_factory) -> Path:
     (d / "empty.extxyz").write_text("")
     (d / "text.npy").write_text("1,2,3\n")
     (d / "words.csv").write_text("a,b,c\n")
+    (d / "blank.csv").write_text("\n")
+    (d / "ragged.csv").write_text("1,2,3\n4,5\n")
     (d / "text.db").write_text("hello\n")
     (d / "afile").write_text("a regular file, where a directory is expected\n")
     R, y = testing.synthetic_fingerprints(60, 12, seed=1)
@@ -260,6 +262,10 @@ CASES: list[tuple[str, list[str], list[str]]] = [
                               "-o", "{o}/r.extxyz"], ["not a .npy file", "numpy.save"]),
     ("reconstruct-wrong-format", ["reconstruct", "{d}/good.extxyz", "-f", "Pt4", "--preset", "fung2022",
                                   "-o", "{o}/r.extxyz"], ["must be a .npy array or a comma-separated .csv"]),
+    ("reconstruct-empty-csv", ["reconstruct", "{d}/blank.csv", "-f", "Pt4", "--preset", "fung2022",
+                               "-o", "{o}/r.extxyz"], ["blank.csv' holds no numbers", "one row per line, the same number of comma-separated numbers"]),
+    ("reconstruct-ragged-csv", ["reconstruct", "{d}/ragged.csv", "-f", "Pt4", "--preset", "fung2022",
+                                "-o", "{o}/r.extxyz"], ["number of columns changed from 3 to 2", "the same number of comma-separated numbers on each"]),
     ("reconstruct-inf-fingerprint", ["reconstruct", "{d}/F8inf.npy", "-f", "Pt4", *ACSF_SMALL, "-o", "{o}/r.extxyz"],
      ["NaN or inf", "remove or fix those fingerprints"]),
     ("reconstruct-dimension-vs-composition", ["reconstruct", "{d}/R12.npy", "-f", "Pt4", "--preset", "fung2022",
