@@ -127,6 +127,8 @@ def test_signals_arriving_while_workers_start_are_held_then_delivered():
 
     seen: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    # Python's own Ctrl-C handler, also where this process started with SIGINT ignored (a background job)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with _signals_held():
             os.kill(os.getpid(), signal.SIGTERM)
@@ -141,6 +143,7 @@ def test_signals_arriving_while_workers_start_are_held_then_delivered():
         assert reached == [True]  # not raised inside
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def test_create_executor_checks_its_options():
