@@ -138,11 +138,15 @@ ARRAY_FORMATS = {".npy": "npy", ".csv": "csv"}
 """Array files the CLI reads and writes: NumPy's .npy, or comma-separated text (one row per line)."""
 
 
-def array_format(path: str | os.PathLike[str], *, ndim: int | None = None) -> str:
-    """``"npy"`` or ``"csv"`` by the suffix of ``path``; ConfigError for any other (or CSV of a 3-D array).
+def check_array_output(path: str | os.PathLike[str], *, ndim: int | None = None) -> str:
+    """Check an array output path; its format, ``"npy"`` or ``"csv"`` (by the suffix).
 
     Commands call it on ``-o`` before any work, so that a wrong suffix is refused at once
     instead of NumPy's binary format being written under a ``.csv`` name.
+
+    Raises:
+        ConfigError: any other suffix, or CSV for an array of more than 2 dimensions.
+        InputError: a path that cannot be written (see :func:`check_output_path`).
     """
     path = Path(path)
     fmt = ARRAY_FORMATS.get(path.suffix.lower())
@@ -150,6 +154,7 @@ def array_format(path: str | os.PathLike[str], *, ndim: int | None = None) -> st
         raise ConfigError(f"{str(path)!r}: write arrays to .npy (NumPy) or .csv (comma-separated text)")
     if fmt == "csv" and ndim is not None and ndim > 2:
         raise ConfigError(f"{str(path)!r}: a {ndim}-D array (per-atom features) does not fit a CSV table; write .npy")
+    check_output_path(path)
     return fmt
 
 
@@ -162,9 +167,10 @@ def read_array(path: str | os.PathLike[str], what: str = "arrays") -> Any:
 
     path = Path(path)
     require_file(path)
-    if path.suffix.lower() == ".npy":
+    fmt = ARRAY_FORMATS.get(path.suffix.lower())
+    if fmt == "npy":
         return read_npy(path)
-    if path.suffix.lower() != ".csv":
+    if fmt != "csv":
         raise InputError(f"{str(path)!r}: {what} must be a .npy array or a comma-separated .csv")
     fix = "write one row per line, the same number of comma-separated numbers on each"
     try:
@@ -180,11 +186,11 @@ def read_array(path: str | os.PathLike[str], what: str = "arrays") -> Any:
 
 
 def write_array(path: str | os.PathLike[str], array: Any) -> Path:
-    """Write ``array`` atomically as .npy or comma-separated .csv (by the suffix; see :func:`array_format`)."""
+    """Write ``array`` atomically as .npy or comma-separated .csv (by the suffix; see :func:`check_array_output`)."""
     import numpy as np
 
     array = np.asarray(array)
-    fmt = array_format(path, ndim=array.ndim)
+    fmt = check_array_output(path, ndim=array.ndim)
 
     def write(tmp: Path) -> None:
         if fmt == "csv":  # full float64 precision, so reading it back gives the same numbers

@@ -49,8 +49,7 @@ def featurize(
 
     import invfp
     from invfp.utils import (
-        array_format,
-        check_output_path,
+        check_array_output,
         read_structures,
         require_file,
         resolve_device,
@@ -59,8 +58,7 @@ def featurize(
 
     for path in files:
         require_file(path)
-    array_format(output, ndim=3 if per_atom else 2)
-    check_output_path(output)
+    check_array_output(output, ndim=3 if per_atom else 2)
     rep = invfp.get_representation(representation, **params)
     frames = [atoms for path in files for atoms in read_structures(path)]
     values = rep.featurize(

@@ -40,10 +40,9 @@ def generate(
 
     from invfp.models.base import TargetOutOfRangeWarning
     from invfp.models.io import load_bundle
-    from invfp.utils import array_format, check_output_path, write_array
+    from invfp.utils import check_array_output, write_array
 
-    array_format(output)
-    check_output_path(output)
+    check_array_output(output)
     b = load_bundle(bundle)
     if hasattr(b.generator, "to"):  # plugin models need not support devices
         b.generator.to(device)

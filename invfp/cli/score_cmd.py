@@ -31,11 +31,10 @@ def score(
 
     from invfp.errors import InputError
     from invfp.models.io import load_bundle
-    from invfp.utils import array_format, check_output_path, read_array, write_array
+    from invfp.utils import check_array_output, read_array, write_array
 
     if output is not None:
-        array_format(output)
-        check_output_path(output)
+        check_array_output(output)
     R = read_array(fingerprints, "fingerprints")
     b = load_bundle(bundle)
     if R.ndim == 1:
