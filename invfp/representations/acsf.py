@@ -53,6 +53,7 @@ import torch
 
 from invfp.components import Param
 from invfp.errors import ConfigError, InputError
+from invfp.representations import _kernels
 from invfp.representations.base import POOLINGS, Representation, pool, pooled_width
 
 __all__ = ["ACSF", "FUNG2022"]
@@ -489,7 +490,10 @@ class ACSF(Representation):
         blocks = []
         if self._g2_eta.numel():
             eta, rs = self._g2_eta.to(dtype), self._g2_rs.to(dtype)
-            blocks.append(_GaussianSum.apply(r, fc, eta, rs, targets, rows))
+            if _kernels.runs_on(r):
+                blocks.append(_kernels.gaussian_sums(r, fc, eta, rs, targets, rows, _EXP_FLOOR))
+            else:
+                blocks.append(_GaussianSum.apply(r, fc, eta, rs, targets, rows))
         if self._g3_kappa.numel():
             values = torch.cos(r[..., None] * self._g3_kappa.to(dtype)) * fc[..., None]
             out = values.new_zeros(values.shape[0], rows, values.shape[-1])
@@ -614,7 +618,7 @@ class ACSF(Representation):
 
         inv_r = torch.where(inside, 1.0 / r, torch.zeros((), dtype=dtype, device=r.device))
         unit = disp * inv_r[..., None]
-        cos = (pick(unit, flat_j) * pick(unit, flat_k)).sum(-1)  # [B, N, K]
+        cos = None
         n_pairs = 1 if pair_onehot is None else pair_onehot.shape[-1]
         out = []
         for terms in (self._g4, self._g5):
@@ -622,6 +626,12 @@ class ACSF(Representation):
                 continue
             eta = terms.eta.to(dtype)
             g = torch.exp((r2[..., None] * -eta).clamp_min(_EXP_FLOOR)) * fc[..., None]  # [B, N, M, E]
+            if _kernels.usable(terms, unit, pair_onehot):
+                a = _kernels.g5_sums(unit, g, jj, kk, pair_onehot, terms)  # [B, N, Q, E, C]
+                out.append(2.0 * a.flatten(-2).index_select(-1, terms.flat_idx))
+                continue
+            if cos is None:
+                cos = (pick(unit, flat_j) * pick(unit, flat_k)).sum(-1)  # [B, N, K]
             gg = pick(g, flat_j) * pick(g, flat_k)  # [B, N, K, E]
             if terms.kind == "g4":
                 djk = pick(disp, flat_k) - pick(disp, flat_j)
@@ -724,6 +734,10 @@ class _AngularTerms(torch.nn.Module):
         lambdas = sorted({lam for _, lam in combos})
         self.combos = [(z, lambdas.index(lam)) for z, lam in combos]
         self.integer_zeta = all(z.is_integer() for z, _ in combos)
+        # integer zeta >= 1 and lambda index per combo, for the fused G5 kernel (None: torch only)
+        positive = self.integer_zeta and all(z >= 1 for z, _ in combos)
+        self.zeta_int = np.array([int(z) for z, _ in self.combos], dtype=np.int64) if positive else None
+        self.lam_of = np.array([li for _, li in self.combos], dtype=np.int64)
         self.register_buffer("eta", torch.tensor(etas, dtype=torch.float64), persistent=False)
         self.register_buffer("lam", torch.tensor(lambdas, dtype=torch.float64), persistent=False)
         self.register_buffer(

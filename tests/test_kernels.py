@@ -1,0 +1,120 @@
+"""The fused CPU kernels (numba) of the ACSF give torch's own values and gradients.
+
+``INVFP_NUMBA=0`` runs torch's code (as on CUDA); both paths are compared here on the
+cases the kernels take (cluster G2 and G5, several elements, periodic G2, periodic
+one-element G5) and on the ones they leave to torch (non-integer zeta, periodic
+several-element G5).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from invfp.representations import _kernels
+from invfp.representations.acsf import ACSF
+
+pytestmark = pytest.mark.skipif(not _kernels.enabled(), reason="numba is not installed or INVFP_NUMBA=0")
+
+G5 = [[0.02, 1.0, 1.0], [0.1, 2.0, -1.0], [0.01, 16.0, 1.0], [0.05, 3.0, -1.0]]
+
+
+def _both(monkeypatch, rep, pos, numbers, cell=None):
+    """Features and gradients (w.r.t. positions, and cell if given) with the kernels, then without."""
+    weights = None
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("INVFP_NUMBA", flag)
+        p = pos.clone().requires_grad_(True)
+        c = None if cell is None else cell.clone().requires_grad_(True)
+        f = rep(p, numbers) if c is None else rep(p, numbers, cell=c, pbc=True)
+        if weights is None:
+            weights = torch.randn(f.shape, generator=torch.Generator().manual_seed(0), dtype=f.dtype)
+        grads = torch.autograd.grad((f * weights).sum(), [p] if c is None else [p, c])
+        results.append((f.detach(), *grads))
+    return results
+
+
+def _close(a, b, dtype):
+    rtol = 1e-10 if dtype == torch.float64 else 2e-5
+    scale = b.abs().max()
+    assert (a - b).abs().max() <= rtol * scale, float((a - b).abs().max() / scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fung2022_cluster_equals_torch(monkeypatch, dtype):
+    rng = np.random.default_rng(0)
+    pos = torch.as_tensor(rng.uniform(-3.5, 3.5, (40, 10, 3)), dtype=dtype)
+    rep = ACSF.fung2022()
+    (fk, gk), (ft, gt) = _both(monkeypatch, rep, pos, [78] * 10)
+    assert fk.shape == (40, 380)
+    _close(fk, ft, dtype)
+    _close(gk, gt, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_several_elements_per_atom_equal_torch(monkeypatch, dtype):
+    """Per-atom features of an H/C/O cluster: every element pair in its own G5 channel."""
+    rep = ACSF(
+        species=["H", "C", "O"], r_cut=5.0, g2_params=[[1.0, 0.0], [0.5, 2.0]], g5_params=G5, pooling=None
+    )
+    rng = np.random.default_rng(1)
+    pos = torch.as_tensor(rng.uniform(-2.0, 2.0, (6, 7, 3)), dtype=dtype)
+    (fk, gk), (ft, gt) = _both(monkeypatch, rep, pos, [1, 6, 8, 1, 6, 8, 8])
+    assert fk.shape[:2] == (6, 7)
+    _close(fk, ft, dtype)
+    _close(gk, gt, dtype)
+
+
+@pytest.mark.parametrize("name", ["Pt", "NaCl"])
+def test_periodic_positions_and_cell_equal_torch(monkeypatch, name):
+    """Periodic G2 runs in the kernel; G5 too for one element (Pt), in torch for two (NaCl)."""
+    atoms = bulk("Pt", "fcc", a=3.92, cubic=True) if name == "Pt" else bulk("NaCl", "rocksalt", a=5.64)
+    atoms.rattle(0.1, seed=2)
+    rep = ACSF(
+        species=sorted(set(atoms.get_chemical_symbols())),
+        r_cut=5.0,
+        g2_params=[[1.0, 0.0], [0.5, 2.5]],
+        g5_params=G5,
+        periodic=True,
+        pooling="mean",
+    )
+    pos = torch.as_tensor(np.stack([atoms.positions] * 2))
+    pos[1] += 0.05
+    cell = torch.as_tensor(np.stack([atoms.cell.array] * 2))
+    (fk, gpk, gck), (ft, gpt, gct) = _both(monkeypatch, rep, pos, atoms.numbers, cell)
+    _close(fk, ft, torch.float64)
+    _close(gpk, gpt, torch.float64)
+    _close(gck, gct, torch.float64)
+    assert gck.abs().max() > 0  # the cell gradient flows through the kernels' inputs
+
+
+def test_non_integer_zeta_stays_in_torch(monkeypatch):
+    rep = ACSF(
+        species=["Pt"], r_cut=6.0, g2_params=[[1.0, 0.0]], g5_params=[[0.1, 1.5, 1.0], [0.1, 2.0, -1.0]]
+    )
+    assert rep._g5.zeta_int is None
+    pos = torch.as_tensor(np.random.default_rng(3).uniform(-2.5, 2.5, (3, 6, 3)))
+    (fk, gk), (ft, gt) = _both(monkeypatch, rep, pos, [78] * 6)
+    _close(fk, ft, torch.float64)
+    _close(gk, gt, torch.float64)
+
+
+@pytest.mark.parametrize("flag", ["1", "0"])
+def test_gradcheck_both_paths(monkeypatch, flag):
+    monkeypatch.setenv("INVFP_NUMBA", flag)
+    rep = ACSF(species=["H", "O"], r_cut=4.0, g2_params=[[1.0, 0.0], [0.5, 2.0]], g5_params=G5)
+    pos = torch.as_tensor(np.random.default_rng(4).uniform(-1.5, 1.5, (2, 4, 3))).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: rep(p, [1, 8, 1, 8]), (pos,), eps=1e-6, atol=1e-6)
+
+
+def test_far_atoms_give_finite_gradients(monkeypatch):
+    """Gaussians clamped at exp(-87) and an atom beyond every cutoff: no NaN or inf."""
+    monkeypatch.setenv("INVFP_NUMBA", "1")
+    pos = torch.as_tensor(np.random.default_rng(5).uniform(-3.5, 3.5, (3, 10, 3)), dtype=torch.float32)
+    pos[0, 0] += 30.0
+    pos.requires_grad_(True)
+    ACSF.fung2022()(pos, [78] * 10).sum().backward()
+    assert torch.isfinite(pos.grad).all()
