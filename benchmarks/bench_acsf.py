@@ -3,7 +3,10 @@
 Prints, for 1, 100 and 1000 structures, the time per structure of the forward pass
 and of forward + backward (gradient w.r.t. positions, as in reconstruction), in
 float32 and float64, beside dscribe's ``ACSF.create`` (values only, n_jobs=1) on the
-same 100 structures, with ratios from the same run.
+same 100 structures, with ratios from the same run. Each figure is taken twice, back to
+back: with the fused CPU kernels (``kernels``, the default where numba is installed) and
+with torch's own code (``torch``, as ``INVFP_NUMBA=0`` and CUDA run); the last column is
+torch's time over the kernels'.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_acsf.py [--threads 1] [--repeats 5]
 
@@ -14,6 +17,7 @@ Wall times depend on what else runs on the machine: run it alone and report the 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import time
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from invfp.representations import _kernels
 from invfp.representations.acsf import ACSF
 
 
@@ -68,26 +73,29 @@ def main() -> None:
     numbers = [78] * 10
     positions = random_pt10(max(args.sizes))
     rows = []
-    for dtype in (torch.float32, torch.float64):
-        for n in args.sizes:
-            pos = torch.as_tensor(positions[:n], dtype=dtype)
+    paths = ("kernels", "torch") if _kernels.enabled() else ("torch",)
+    for dtype, n, path in itertools.product((torch.float32, torch.float64), args.sizes, paths):
+        os.environ["INVFP_NUMBA"] = "1" if path == "kernels" else "0"
+        pos = torch.as_tensor(positions[:n], dtype=dtype)
 
-            def forward(pos: torch.Tensor = pos) -> None:
-                with torch.no_grad():
-                    rep(pos, numbers)
+        def forward(pos: torch.Tensor = pos) -> None:
+            with torch.no_grad():
+                rep(pos, numbers)
 
-            def forward_backward(pos: torch.Tensor = pos) -> None:
-                p = pos.clone().requires_grad_(True)
-                rep(p, numbers).sum().backward()
+        def forward_backward(pos: torch.Tensor = pos) -> None:
+            p = pos.clone().requires_grad_(True)
+            rep(p, numbers).sum().backward()
 
-            rows.append(
-                (
-                    str(dtype).replace("torch.", ""),
-                    n,
-                    timed(forward, args.repeats),
-                    timed(forward_backward, args.repeats),
-                )
+        rows.append(
+            (
+                path,
+                str(dtype).replace("torch.", ""),
+                n,
+                timed(forward, args.repeats),
+                timed(forward_backward, args.repeats),
             )
+        )
+    os.environ.pop("INVFP_NUMBA", None)
 
     from dscribe.descriptors import ACSF as DscribeACSF
 
@@ -113,19 +121,21 @@ def main() -> None:
     for k, clock in enumerate(("wall", "CPU")):
         print(f"\n{clock} time")
         header = (
-            f"{'dtype':8} {'B':>5} {'fwd ms/str':>11} {'f+b ms/str':>11} {'f+b total ms':>13} "
-            f"{'dscribe/fwd':>12} {'dscribe/f+b':>12}"
+            f"{'path':8} {'dtype':8} {'B':>5} {'fwd ms/str':>11} {'f+b ms/str':>11} {'f+b total ms':>13} "
+            f"{'dscribe/fwd':>12} {'dscribe/f+b':>12} {'torch/kernels f+b':>18}"
         )
         print(header)
         print("-" * len(header))
         per_ds = t_ds[k] / n_ds
-        for dtype, n, t_f, t_fb in rows:
+        torch_fb = {(dtype, n): t_fb[k] for path, dtype, n, _, t_fb in rows if path == "torch"}
+        for path, dtype, n, t_f, t_fb in rows:
             f, fb = t_f[k] / n, t_fb[k] / n
+            ratio = f"{torch_fb[dtype, n] / t_fb[k]:>17.2f}x" if path == "kernels" else ""
             print(
-                f"{dtype:8} {n:>5} {f * 1e3:>11.3f} {fb * 1e3:>11.3f} {t_fb[k] * 1e3:>13.1f} "
-                f"{per_ds / f:>11.1f}x {per_ds / fb:>11.1f}x"
+                f"{path:8} {dtype:8} {n:>5} {f * 1e3:>11.3f} {fb * 1e3:>11.3f} {t_fb[k] * 1e3:>13.1f} "
+                f"{per_ds / f:>11.1f}x {per_ds / fb:>11.1f}x {ratio}"
             )
-    print("\n(ratios > 1: the torch ACSF per structure is that many times faster than dscribe's create)")
+    print("\n(dscribe ratios > 1: the torch ACSF per structure is that many times faster than dscribe's create)")
 
 
 if __name__ == "__main__":

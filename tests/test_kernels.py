@@ -118,3 +118,23 @@ def test_far_atoms_give_finite_gradients(monkeypatch):
     pos.requires_grad_(True)
     ACSF.fung2022()(pos, [78] * 10).sum().backward()
     assert torch.isfinite(pos.grad).all()
+
+
+@pytest.mark.parametrize("pooling", ["maxmin", "maxmin+mean"])
+def test_maxmin_pooling_equals_torch_with_ties_and_nan(monkeypatch, pooling):
+    from invfp.representations.base import pool
+
+    feats = torch.randn(5, 4, 6, dtype=torch.float64)
+    feats[1, 2] = feats[1, 0]  # ties: the gradient goes to the first atom holding the extreme
+    feats[2, 3, 1] = float("nan")  # NaN wins, as in torch
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("INVFP_NUMBA", flag)
+        x = feats.clone().requires_grad_(True)
+        out = pool(x, pooling)
+        (grad,) = torch.autograd.grad(torch.nan_to_num(out).sum(), x)
+        results.append((out.detach(), grad))
+    (ok, gk), (ot, gt) = results
+    torch.testing.assert_close(ok, ot, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(gk, gt, rtol=0, atol=0)
+    assert torch.isnan(ok[2, [1, 7]]).all()

@@ -39,14 +39,19 @@ def enabled() -> bool:
     return njit is not None and os.environ.get("INVFP_NUMBA", "1") != "0"
 
 
+_FAST = {"reassoc", "contract", "arcp", "afn", "nsz"}
+"""LLVM's fast-math flags but no-NaN and no-inf: sums may be reordered (so that loops with
+a reduction vectorise), while a NaN or inf still propagates as in torch."""
+
+
 def _jit(fn: Any) -> Any:
     """Compile lazily on first call, cached on disk; uncached where no cache folder is writable."""
     if njit is None:
         return fn
     try:
-        return njit(fastmath=True, cache=True, nogil=True)(fn)
+        return njit(fastmath=_FAST, cache=True, nogil=True)(fn)
     except RuntimeError:  # numba found no writable place for its cache (read-only install and home)
-        return njit(fastmath=True, nogil=True)(fn)
+        return njit(fastmath=_FAST, nogil=True)(fn)
 
 
 # Every inner loop runs over the structures of a 1-D row view (C-contiguous), which LLVM
@@ -295,6 +300,55 @@ def gaussian_sums(
     """G2 row sums ``[B, rows, F]`` by the fused kernels (see :class:`GaussianSums`)."""
     idx = np.ascontiguousarray(torch.stack(targets).cpu().numpy(), dtype=np.int64)
     return GaussianSums.apply(r, fc, eta.cpu(), rs.cpu(), idx, rows, floor)
+
+
+@_jit
+def _maxmin_forward(feats: Any) -> Any:
+    """``[max over atoms, min over atoms]`` ``[B, 2F]`` of ``[B, N, F]``, with the atoms that hold them."""
+    n_b, n, n_f = feats.shape
+    out = np.empty((n_b, 2 * n_f), dtype=feats.dtype)
+    where = np.zeros((n_b, 2 * n_f), dtype=np.int64)
+    for b in range(n_b):
+        hi, lo, at_hi, at_lo, first = out[b, :n_f], out[b, n_f:], where[b, :n_f], where[b, n_f:], feats[b, 0]
+        for f in range(n_f):
+            hi[f] = first[f]
+            lo[f] = first[f]
+        for a in range(1, n):
+            row = feats[b, a]
+            for f in range(n_f):  # the first atom holding an extreme, and NaN wins, as in torch
+                v = row[f]
+                if v > hi[f] or (v != v and hi[f] == hi[f]):
+                    hi[f] = v
+                    at_hi[f] = a
+                if v < lo[f] or (v != v and lo[f] == lo[f]):
+                    lo[f] = v
+                    at_lo[f] = a
+    return out, where
+
+
+@_jit
+def _maxmin_backward(grad: Any, where: Any, n: int) -> Any:
+    n_b, n_f = grad.shape[0], grad.shape[1] // 2
+    out = np.zeros((n_b, n, n_f), dtype=grad.dtype)
+    for b in range(n_b):
+        for f in range(2 * n_f):
+            out[b, where[b, f], f % n_f] += grad[b, f]
+    return out
+
+
+class MaxMin(torch.autograd.Function):
+    """Max/min pooling over atoms: ``[B, N, F]`` -> ``[B, 2F]`` (torch's max/min over a middle
+    dimension with indices cost about 0.5 ms a call at 96 Pt10 members; this about 0.05 ms)."""
+
+    @staticmethod
+    def forward(ctx: Any, feats: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out, where = _maxmin_forward(feats.detach().contiguous().numpy())
+        ctx.where, ctx.n = where, feats.shape[1]
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.from_numpy(_maxmin_backward(grad.contiguous().numpy(), ctx.where, ctx.n))
 
 
 def runs_on(t: torch.Tensor) -> bool:

@@ -18,6 +18,7 @@ import torch
 
 from invfp.components import Component
 from invfp.errors import InputError
+from invfp.representations import _kernels
 
 if TYPE_CHECKING:
     import ase
@@ -39,8 +40,11 @@ def pool(feats: torch.Tensor, pooling: str | None) -> torch.Tensor:
     if pooling is None:
         return feats
     if pooling in ("maxmin", "maxmin+mean"):
-        # max/min with indices: their backward is a scatter, far cheaper than amax's tie masks
-        parts = [feats.max(dim=1).values, feats.min(dim=1).values]
+        if _kernels.runs_on(feats) and feats.shape[1] > 0:
+            parts = [_kernels.MaxMin.apply(feats)]
+        else:
+            # max/min with indices: their backward is a scatter, far cheaper than amax's tie masks
+            parts = [feats.max(dim=1).values, feats.min(dim=1).values]
         if pooling == "maxmin+mean":
             parts.append(feats.mean(dim=1))
         return torch.cat(parts, dim=-1)
