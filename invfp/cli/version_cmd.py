@@ -15,7 +15,7 @@ def version(
     if full:
         from importlib import metadata
 
-        for dist in ("torch", "ase", "numpy", "pluggy", "typer", "dscribe", "distributed"):
+        for dist in ("torch", "ase", "numpy", "numba", "pluggy", "typer", "dscribe", "distributed"):
             try:
                 typer.echo(f"{dist} {metadata.version(dist)}")
             except metadata.PackageNotFoundError:
