@@ -138,3 +138,16 @@ def test_maxmin_pooling_equals_torch_with_ties_and_nan(monkeypatch, pooling):
     torch.testing.assert_close(ok, ot, equal_nan=True, rtol=0, atol=0)
     torch.testing.assert_close(gk, gt, rtol=0, atol=0)
     assert torch.isnan(ok[2, [1, 7]]).all()
+
+
+@pytest.mark.parametrize("flag", ["1", "0"])
+def test_one_and_two_atoms(monkeypatch, flag):
+    """No pairs (one atom) or no neighbour pairs (two atoms): zero terms, not an error."""
+    from ase import Atoms
+
+    monkeypatch.setenv("INVFP_NUMBA", flag)
+    rep = ACSF.fung2022()
+    one = rep.featurize(Atoms("Pt", positions=[[0.0, 0.0, 0.0]], cell=[20.0] * 3))
+    assert one.shape == (380,) and not one.any()  # no neighbours, every term zero
+    two = rep.featurize(Atoms("Pt2", positions=[[0.0, 0.0, 0.0], [0.0, 0.0, 2.5]], cell=[20.0] * 3))
+    assert two[:140].max() > 0 and not two[140:190].any() and not two[330:].any()  # G2, no G5 terms

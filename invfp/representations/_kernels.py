@@ -1,23 +1,28 @@
-"""Fused CPU kernels (numba) for the G5 sums over each atom's neighbour pairs.
+"""Fused CPU kernels (numba) for the ACSF's hot spots: G5 and G2 sums, max/min pooling.
 
-The G5 terms are the larger part of a cluster fingerprint's cost (about 60 % of a
-fung2022 forward and backward pass of Pt10 in torch), and torch spends that time on
-some fifty elementwise passes and thousands of tiny batched matrix products over
-``[B, N, K, ...]`` intermediates. These kernels compute, for each structure b, atom i
-and pair channel q,
+A fung2022 forward and backward pass of Pt10 in torch is some sixty passes over
+``[B, N, K, ...]`` intermediates and thousands of tiny batched matrix products. Here:
 
-    a[b, i, q, e, c] = sum over i's neighbour pairs (j, k) of channel q of
-                       g[b, i, j, e] g[b, i, k, e] base_c(cos theta_ijk) ** zeta_c
+- G5: for each structure b, atom i and neighbour-element pair q,
 
-(``g`` = exp(-eta r^2) f_c(r) per neighbour, ``base_c`` = max(0.5 + 0.5 lambda_c cos, 0))
-and its gradient with respect to the unit vectors and ``g``, in one pass over the pairs,
-with the structures as the innermost (vectorised) loop. Everything else (distances,
-Gaussians, cutoffs, pooling) stays in torch, whose autograd carries the gradient on to
-positions and cell. Measured in ``benchmarks/bench_acsf.py``.
+      a[b, i, q, e, c] = sum over i's neighbour pairs (j, k) of pair q of
+                         g[b, i, j, e] g[b, i, k, e] base_c(cos theta_ijk) ** zeta_c
 
-Used on the CPU for integer zeta when numba is installed (a dependency of invfp) and
-``INVFP_NUMBA`` is not ``0``; torch's own code runs otherwise (CUDA included) and is the
-reference the tests compare with.
+  (``g`` = exp(-eta r^2) f_c(r) per neighbour, ``base_c`` = max(0.5 + 0.5 lambda_c cos, 0)),
+  and its gradient with respect to the unit vectors and ``g``, in one pass over the pairs.
+- G2: the Gaussians' row sums and their gradient with respect to r and f_c, in one pass
+  each (the exponentials themselves are torch's, which are vectorised).
+- Max/min pooling over atoms and its scatter backward.
+
+Every inner loop runs over a 1-D row view with the structures innermost, which LLVM
+vectorises. Distances, cutoffs and unit vectors stay in torch, whose autograd carries the
+gradients on to positions and cell.
+
+Used on the CPU (float32, float64) when numba is importable (a dependency of invfp) and
+``INVFP_NUMBA`` is not ``0``; G5 only for integer zeta >= 1 and one element pair per
+neighbour pair (clusters, or periodic cells of one element). torch's own code runs
+otherwise (CUDA included) and is the reference the tests compare with
+(``tests/test_kernels.py``). Measured in ``benchmarks/bench_acsf.py``.
 """
 
 from __future__ import annotations
@@ -365,7 +370,7 @@ class G5Sums(torch.autograd.Function):
     ) -> torch.Tensor:
         u_np = unit.detach().permute(1, 2, 3, 0).contiguous().numpy()  # structures innermost
         g_np = g.detach().permute(1, 2, 3, 0).contiguous().numpy()
-        lams = terms.lam.numpy().astype(u_np.dtype)
+        lams = terms.lam.cpu().numpy().astype(u_np.dtype)
         a = _g5_forward(u_np, g_np, *pairs, terms.zeta_int, terms.lam_of, lams, n_pairs)
         ctx.inputs = (u_np, g_np, pairs, terms.zeta_int, terms.lam_of, lams)
         return torch.from_numpy(a).permute(4, 0, 1, 2, 3)

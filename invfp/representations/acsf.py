@@ -38,7 +38,10 @@ from unit vectors, integer zeta powers by repeated squaring, sums over pairs as 
 matrix products per (zeta, lambda) x eta grid. Periodic input uses the same code on
 displacement columns ``[B, N, M, 3]`` to every image within the cutoff (radial terms),
 and on each atom's own neighbours within the cutoff, padded (angular terms). Large batches
-of clusters are split into chunks whose intermediates stay below 16 MiB.
+of clusters are split into chunks whose intermediates stay below 16 MiB. On the CPU the G2
+and G5 sums and their gradients run in fused numba kernels instead (``_kernels``; the same
+values, 2-3x faster for Pt10 batches); this torch code runs on CUDA, for what the kernels
+do not cover, and with ``INVFP_NUMBA=0``.
 """
 
 from __future__ import annotations
@@ -510,7 +513,7 @@ class ACSF(Representation):
         for terms in (self._g4, self._g5):
             if terms.n:
                 widths.append(triplets * (len(terms.combos) + len(terms.eta) * n_el * (n_el + 1) // 2))
-        return max(1, _CHUNK_BYTES // (itemsize * max(widths)))
+        return max(1, _CHUNK_BYTES // (itemsize * max(1, *widths)))  # one atom: no pairs
 
     def _cluster(self, positions: torch.Tensor, channel: torch.Tensor, n_el: int) -> torch.Tensor:
         """Per-atom features of isolated structures (no images): every atom is a neighbour."""
