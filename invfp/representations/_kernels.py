@@ -113,6 +113,34 @@ def _n_bits(zeta: Any) -> int:
 
 
 @_jit
+def _pair_terms(
+    u: Any,
+    g: Any,
+    i: int,
+    j: int,
+    k: int,
+    zeta: Any,
+    lam_of: Any,
+    lams: Any,
+    cos: Any,
+    base: Any,
+    table: Any,
+    pw: Any,
+    gg: Any,
+) -> None:
+    """For atom i's neighbour pair (j, k): cos theta, the bases and their squares, the
+    powers ``pw [C, B]`` = base_c ** zeta_c and ``gg [E, B]`` = g_ij g_ik."""
+    _cos_bases(u[i, j], u[i, k], lams, cos, base)
+    _powers(base, table.shape[1], table)
+    for c in range(zeta.shape[0]):
+        _int_power(table, lam_of[c], zeta[c], pw[c])
+    for e in range(gg.shape[0]):
+        ge, gj, gk = gg[e], g[i, j, e], g[i, k, e]
+        for b in range(ge.shape[0]):
+            ge[b] = gj[b] * gk[b]
+
+
+@_jit
 def _g5_forward(
     u: Any, g: Any, jj: Any, kk: Any, qq: Any, zeta: Any, lam_of: Any, lams: Any, n_pairs: int
 ) -> Any:
@@ -128,14 +156,7 @@ def _g5_forward(
     for i in range(n):
         for t in range(jj.shape[1]):
             j, k, q = jj[i, t], kk[i, t], qq[i, t]
-            _cos_bases(u[i, j], u[i, k], lams, cos, base)
-            _powers(base, n_bits, table)
-            for c in range(n_c):
-                _int_power(table, lam_of[c], zeta[c], pw[c])
-            for e in range(n_e):
-                ge, gj, gk = gg[e], g[i, j, e], g[i, k, e]
-                for b in range(n_b):
-                    ge[b] = gj[b] * gk[b]
+            _pair_terms(u, g, i, j, k, zeta, lam_of, lams, cos, base, table, pw, gg)
             for e in range(n_e):
                 ge = gg[e]
                 for c in range(n_c):
@@ -166,14 +187,7 @@ def _g5_backward(
     for i in range(n):
         for t in range(jj.shape[1]):
             j, k, q = jj[i, t], kk[i, t], qq[i, t]
-            _cos_bases(u[i, j], u[i, k], lams, cos, base)
-            _powers(base, n_bits, table)
-            for c in range(n_c):
-                _int_power(table, lam_of[c], zeta[c], pw[c])
-            for e in range(n_e):
-                ge, gj, gk = gg[e], g[i, j, e], g[i, k, e]
-                for b in range(n_b):
-                    ge[b] = gj[b] * gk[b]
+            _pair_terms(u, g, i, j, k, zeta, lam_of, lams, cos, base, table, pw, gg)
             d_pw[:] = 0.0
             d_gg[:] = 0.0
             for e in range(n_e):
