@@ -218,6 +218,59 @@ def _g5_backward(
     return grad_u, grad_g
 
 
+class G5Sums(torch.autograd.Function):
+    """``a [B, N, Q, E, C]`` from unit vectors ``[B, N, M, 3]`` and ``g [B, N, M, E]`` (see the module)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, unit: torch.Tensor, g: torch.Tensor, pairs: tuple[np.ndarray, ...], terms: Any, n_pairs: int
+    ) -> torch.Tensor:
+        u_np = unit.detach().permute(1, 2, 3, 0).contiguous().numpy()  # structures innermost
+        g_np = g.detach().permute(1, 2, 3, 0).contiguous().numpy()
+        lams = terms.lam.cpu().numpy().astype(u_np.dtype)
+        a = _g5_forward(u_np, g_np, *pairs, terms.zeta_int, terms.lam_of, lams, n_pairs)
+        ctx.inputs = (u_np, g_np, pairs, terms.zeta_int, terms.lam_of, lams)
+        return torch.from_numpy(a).permute(4, 0, 1, 2, 3)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        u_np, g_np, pairs, zeta, lam_of, lams = ctx.inputs
+        grad_np = grad.permute(1, 2, 3, 4, 0).contiguous().numpy()
+        grad_u, grad_g = _g5_backward(u_np, g_np, *pairs, zeta, lam_of, lams, grad_np)
+        return (
+            torch.from_numpy(grad_u).permute(3, 0, 1, 2),
+            torch.from_numpy(grad_g).permute(3, 0, 1, 2),
+            None,
+            None,
+            None,
+        )
+
+
+def g5_sums(
+    unit: torch.Tensor,
+    g: torch.Tensor,
+    jj: torch.Tensor,
+    kk: torch.Tensor,
+    pair_onehot: torch.Tensor | None,
+    terms: Any,
+) -> torch.Tensor:
+    """The G5 pair sums ``[B, N, Q, E, C]`` (without the factor 2) by the fused kernels."""
+    qq = torch.zeros_like(jj) if pair_onehot is None else pair_onehot.argmax(-1)
+    n_pairs = 1 if pair_onehot is None else pair_onehot.shape[-1]
+    pairs = tuple(np.ascontiguousarray(t.cpu().numpy(), dtype=np.int64) for t in (jj, kk, qq))
+    return G5Sums.apply(unit, g, pairs, terms, n_pairs)
+
+
+def usable(terms: Any, unit: torch.Tensor, pair_onehot: torch.Tensor | None) -> bool:
+    """Whether ``g5_sums`` can compute these terms for this input."""
+    return (
+        terms.kind == "g5"
+        and terms.zeta_int is not None
+        and (pair_onehot is None or pair_onehot.dim() == 3)  # one element pair per (atom, pair)
+        and runs_on(unit)
+    )
+
+
 @_jit
 def _g2_exponents(r: Any, eta: Any, rs: Any, floor: float, out: Any) -> None:
     """``out [B, P, F] = max(-eta (r - R_s)^2, floor)`` for pair distances ``r [B, P]``."""
@@ -373,56 +426,3 @@ class MaxMin(torch.autograd.Function):
 def runs_on(t: torch.Tensor) -> bool:
     """Whether the kernels can take this tensor (CPU, float32 or float64, kernels enabled)."""
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and enabled()
-
-
-class G5Sums(torch.autograd.Function):
-    """``a [B, N, Q, E, C]`` from unit vectors ``[B, N, M, 3]`` and ``g [B, N, M, E]`` (see the module)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, unit: torch.Tensor, g: torch.Tensor, pairs: tuple[np.ndarray, ...], terms: Any, n_pairs: int
-    ) -> torch.Tensor:
-        u_np = unit.detach().permute(1, 2, 3, 0).contiguous().numpy()  # structures innermost
-        g_np = g.detach().permute(1, 2, 3, 0).contiguous().numpy()
-        lams = terms.lam.cpu().numpy().astype(u_np.dtype)
-        a = _g5_forward(u_np, g_np, *pairs, terms.zeta_int, terms.lam_of, lams, n_pairs)
-        ctx.inputs = (u_np, g_np, pairs, terms.zeta_int, terms.lam_of, lams)
-        return torch.from_numpy(a).permute(4, 0, 1, 2, 3)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        u_np, g_np, pairs, zeta, lam_of, lams = ctx.inputs
-        grad_np = grad.permute(1, 2, 3, 4, 0).contiguous().numpy()
-        grad_u, grad_g = _g5_backward(u_np, g_np, *pairs, zeta, lam_of, lams, grad_np)
-        return (
-            torch.from_numpy(grad_u).permute(3, 0, 1, 2),
-            torch.from_numpy(grad_g).permute(3, 0, 1, 2),
-            None,
-            None,
-            None,
-        )
-
-
-def g5_sums(
-    unit: torch.Tensor,
-    g: torch.Tensor,
-    jj: torch.Tensor,
-    kk: torch.Tensor,
-    pair_onehot: torch.Tensor | None,
-    terms: Any,
-) -> torch.Tensor:
-    """The G5 pair sums ``[B, N, Q, E, C]`` (without the factor 2) by the fused kernels."""
-    qq = torch.zeros_like(jj) if pair_onehot is None else pair_onehot.argmax(-1)
-    n_pairs = 1 if pair_onehot is None else pair_onehot.shape[-1]
-    pairs = tuple(np.ascontiguousarray(t.cpu().numpy(), dtype=np.int64) for t in (jj, kk, qq))
-    return G5Sums.apply(unit, g, pairs, terms, n_pairs)
-
-
-def usable(terms: Any, unit: torch.Tensor, pair_onehot: torch.Tensor | None) -> bool:
-    """Whether ``g5_sums`` can compute these terms for this input."""
-    return (
-        terms.kind == "g5"
-        and terms.zeta_int is not None
-        and (pair_onehot is None or pair_onehot.dim() == 3)  # one element pair per (atom, pair)
-        and runs_on(unit)
-    )
