@@ -237,3 +237,41 @@ def test_a_lock_file_left_by_a_killed_write_does_not_stall_the_next_run(tmp_path
     assert not writer.is_alive(), "writing a chunk waited on a stale lock file"
     assert store.committed_chunks() == {(0, 0)}
     store.close()
+
+
+SWALLOWED = """
+import importlib, os, signal, sys, weakref
+app = importlib.import_module("invfp.cli.app")  # the module (invfp.cli.app is also the Typer app)
+signal.signal(signal.SIGTERM, app._on_sigterm)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.unraisablehook = app._redeliver_swallowed_interrupt
+
+class Thing:
+    pass
+
+def callback(_):  # runs as importlib's module-lock callbacks do: exceptions are "ignored"
+    os.kill(os.getpid(), signal.{name})
+    for _ in range(10000):  # the handler runs here, inside the callback
+        pass
+
+thing = Thing()
+ref = weakref.ref(thing, callback)
+try:
+    del thing
+    for _ in range(10**7):
+        pass
+    print("went on")
+except KeyboardInterrupt:
+    print("interrupted", app._signals["term"])
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_swallowed_inside_a_callback_is_delivered_again(name):
+    # A SIGTERM that arrived while importlib ran a module-lock callback raised its
+    # KeyboardInterrupt there, Python printed "Exception ignored" and dropped it, and the
+    # killed `invfp run` went on to exit 0 (seen in test_run_terminated_in_training_...).
+    done = subprocess.run([sys.executable, "-c", SWALLOWED.replace("{name}", name)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == f"interrupted {name == 'SIGTERM'}", (done.stdout, done.stderr)
+    assert "Exception ignored" not in done.stderr, done.stderr

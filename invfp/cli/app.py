@@ -9,6 +9,7 @@ import importlib
 import json
 import signal
 import sys
+import threading
 from typing import Any
 
 import typer
@@ -87,6 +88,32 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _redeliver_swallowed_interrupt(unraisable: Any) -> None:
+    """``sys.unraisablehook``: a Ctrl-C or SIGTERM that Python swallowed is delivered again.
+
+    A signal handler runs wherever the interpreter is, also inside a weakref callback or a
+    ``__del__`` (importlib's module locks use one), where Python prints "Exception ignored
+    in ..." and drops the KeyboardInterrupt: the command then went on as if never
+    interrupted, and a killed run could even end with exit code 0. Instead the signal is
+    raised again a moment later from a helper thread (raised here, its handler would run
+    inside this hook and be dropped again); the handler then runs in the main thread,
+    outside the callback (were it inside another, this hook would send it once more).
+    """
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+        return
+    if _signals["term"]:
+        _signals["term"] = False  # the handler sets it again and raises
+        signum = signal.SIGTERM
+    elif signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signum = signal.SIGINT
+    else:
+        return
+    timer = threading.Timer(0.01, signal.raise_signal, (signum,))
+    timer.daemon = True  # never holds up the end of the process
+    timer.start()
+
+
 def _interrupted() -> int:
     """The one-line message and exit code for an interrupted command (Ctrl-C or SIGTERM)."""
     if _signals["term"]:
@@ -131,6 +158,7 @@ def main() -> None:
     """Console-script entry point: run the app, turning errors into one line + exit code."""
     debug = "--debug" in sys.argv
     signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.unraisablehook = _redeliver_swallowed_interrupt
     try:
         # standalone_mode=False: typer hands usage errors to us (one line) instead of a boxed message
         code = app(prog_name="invfp", standalone_mode=False)
