@@ -389,3 +389,17 @@ def test_cli_featurize(tmp_path):
     unknown = runner.invoke(app, ["featurize", str(path), "--repr", "acsff", "-o", str(out)])
     assert "did you mean 'acsf'" in str(unknown.exception)
     np.testing.assert_allclose(np.load(out), want)  # failed runs left the earlier output intact
+
+
+@pytest.mark.parametrize("pooling", ["maxmin", None])
+def test_empty_batch_gives_empty_output_with_gradient(pooling):
+    rep = ACSF(preset="fung2022", pooling=pooling)
+    x = torch.zeros(0, 10, 3, dtype=torch.float64, requires_grad=True)
+    out = rep(x, [78] * 10)
+    assert out.shape == ((0, 380) if pooling else (0, 10, 190))
+    out.sum().backward()
+    assert x.grad.shape == (0, 10, 3)
+    cell = torch.eye(3, dtype=torch.float64) * 5.64
+    assert ACSF(preset="fung2022", pooling=pooling)(torch.zeros(0, 2, 3), [11, 17], cell=cell, pbc=True).shape[-1] == (
+        860 if pooling else 430
+    )

@@ -179,3 +179,13 @@ def test_cli_names_the_extra_without_dscribe(monkeypatch, run_cli, tmp_path):
     code, _, err = run_cli("featurize", str(path), "--repr", "soap", "-o", str(tmp_path / "R.npy"))
     assert code != 0
     assert "pip install 'invfp[soap]'" in err
+
+
+@pytest.mark.parametrize("pooling", ["maxmin", None])
+def test_empty_batch_gives_empty_output_with_gradient(pooling):
+    rep = SOAP(species=["Pt"], pooling=pooling, **SETTINGS)
+    x = torch.zeros(0, 4, 3, dtype=torch.float64, requires_grad=True)
+    out = rep(x, [78] * 4)
+    assert out.shape == ((0, rep.dim([78] * 4)) if pooling else (0, 4, rep.dim([78] * 4)))
+    out.sum().backward()
+    assert x.grad.shape == (0, 4, 3)

@@ -57,7 +57,7 @@ import torch
 from invfp.components import Param
 from invfp.errors import ConfigError, InputError
 from invfp.representations import _kernels
-from invfp.representations.base import POOLINGS, Representation, pool, pooled_width
+from invfp.representations.base import POOLINGS, Representation, empty_batch, pool, pooled_width
 
 __all__ = ["ACSF", "FUNG2022"]
 
@@ -354,6 +354,8 @@ class ACSF(Representation):
         """
         positions, z = self._check_input(positions, numbers)
         species = self._species_for(z)
+        if positions.shape[0] == 0:
+            return empty_batch(positions, self.dim(z), self.pooled)
         channel = _channels(z, species, positions.device)
         pbc_dirs = _pbc_tuple(pbc)
         if self.periodic and any(pbc_dirs):

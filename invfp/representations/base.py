@@ -35,6 +35,14 @@ def pooled_width(pooling: str | None) -> int:
     return {"maxmin": 2, "maxmin+mean": 3}.get(pooling, 1)  # type: ignore[arg-type]
 
 
+def empty_batch(positions: torch.Tensor, width: int, pooled: bool) -> torch.Tensor:
+    """The output for a batch of no structures (``positions`` ``[0, N, 3]``): ``[0, width]``
+    pooled or ``[0, N, width]`` per atom, still attached to ``positions``' autograd graph."""
+    if pooled:
+        return positions[:, 0, :1].expand(0, width).clone()
+    return positions[..., :1].expand(0, positions.shape[1], width).clone()
+
+
 def pool(feats: torch.Tensor, pooling: str | None) -> torch.Tensor:
     """Per-atom features ``[B, N, F]`` pooled as :data:`POOLINGS` describes."""
     if pooling is None:

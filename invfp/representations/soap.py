@@ -30,7 +30,7 @@ import torch
 
 from invfp.components import Param, non_negative_int, positive, positive_int
 from invfp.errors import ConfigError, InputError, OptionalDependencyError
-from invfp.representations.base import POOLINGS, Representation, pool, pooled_width
+from invfp.representations.base import POOLINGS, Representation, empty_batch, pool, pooled_width
 
 
 def _import_soap() -> Any:
@@ -246,5 +246,7 @@ class SOAP(Representation):
             raise InputError("soap: a periodic SOAP needs a cell and pbc=True for the batch")
         if not periodic:
             flags = (False, False, False)
+        if positions.shape[0] == 0:
+            return empty_batch(positions, self.dim(nums), self.pooled)
         per_atom = _SOAPFunction.apply(positions, self, nums, cells, flags)
         return pool(per_atom, self.pooling)
