@@ -334,8 +334,10 @@ def _as_targets(targets: Any) -> np.ndarray:
     arr = _float_array(targets, "targets must be numeric fingerprints [B, D] or [D]")
     if arr.ndim == 1:
         arr = arr[None]
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+    if arr.ndim != 2:
         raise InputError(f"targets must have shape [B, D] or [D], got {arr.shape}")
+    if arr.size == 0:
+        raise InputError(f"targets are empty (shape {arr.shape}); give at least one fingerprint of length D >= 1")
     bad = ~np.isfinite(arr).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)[:5].tolist()
