@@ -39,8 +39,8 @@ def empty_batch(positions: torch.Tensor, width: int, pooled: bool) -> torch.Tens
     """The output for a batch of no structures (``positions`` ``[0, N, 3]``): ``[0, width]``
     pooled or ``[0, N, width]`` per atom, still attached to ``positions``' autograd graph."""
     if pooled:
-        return positions[:, 0, :1].expand(0, width).clone()
-    return positions[..., :1].expand(0, positions.shape[1], width).clone()
+        return positions.flatten(1).sum(1, keepdim=True).expand(0, width).clone()
+    return positions.sum(2, keepdim=True).expand(0, positions.shape[1], width).clone()
 
 
 def pool(feats: torch.Tensor, pooling: str | None) -> torch.Tensor:
