@@ -204,6 +204,7 @@ def test_cli_reconstructs_csv_and_reports_bad_input(fung, pt4, tmp_path):
     done = _cli(str(csv), "--formula", "Pt4", "--cell", "20", "--preset", "fung2022", "--seed", "0",
                 "--device", "cpu", "-q", "-o", str(out), *opts)
     assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr
     frames = read(out, index=":")
     assert len(frames) == 1 and frames[0].get_chemical_formula() == "Pt4"
     loss = frames[0].info["loss"]
@@ -225,6 +226,19 @@ def test_cli_reconstructs_csv_and_reports_bad_input(fung, pt4, tmp_path):
                "-o", str(tmp_path / "x.extxyz"))
     assert bad.returncode == 2 and "lbfgs" in bad.stderr
     assert not (tmp_path / "x.extxyz").exists()
+
+
+def test_cli_warns_when_the_formula_does_not_fit_the_fingerprints(fung, pt4, tmp_path):
+    # fung2022's pooled ACSF has one length for Pt4 and Pt8: only the loss tells them apart.
+    np.save(tmp_path / "R.npy", fung.featurize(pt4)[None])
+    out = tmp_path / "out.extxyz"
+    done = _cli(str(tmp_path / "R.npy"), "--formula", "Pt8", "--cell", "20", "--preset", "fung2022", "--seed", "0",
+                "--device", "cpu", "-q", "-o", str(out), "--restarts", "2", "--hops", "0", "--option", "steps=30",
+                "--option", "refine_steps=0", "--option", "attempts=1", "--option", "screen=0")
+    assert done.returncode == 0, done.stderr
+    assert "warning: the median loss" in done.stderr and "--formula (Pt8)" in done.stderr
+    (frame,) = read(out, index=":")
+    assert frame.info["loss"] > 0.05  # written all the same, with its honest loss
 
 
 def _problem(numbers: str = "Pt10"):
