@@ -113,14 +113,15 @@ def reconstruct(
 
     atomic_write(output, write)
     losses = np.array([r.loss for r in results])
+    median = float(np.median(losses))
     if not quiet:
         typer.echo(
-            f"{len(results)} structures -> {output}; loss (MAE) median {np.median(losses):.3g}, "
+            f"{len(results)} structures -> {output}; loss (MAE) median {median:.3g}, "
             f"max {losses.max():.3g}; {sum(r.time for r in results):.1f} s"
         )
-    if np.median(losses) > FAR_LOSS:
+    if median > FAR_LOSS:
         typer.secho(
-            f"warning: the median loss {np.median(losses):.3g} is far above what fingerprints of real structures "
+            f"warning: the median loss {median:.3g} is far above what fingerprints of real structures "
             f"reach (below ~0.01); check that --formula ({formula}) has the atoms the fingerprints were made "
             "from and that the representation settings are those that made them",
             err=True, fg="yellow",
