@@ -113,6 +113,20 @@ def _n_bits(zeta: Any) -> int:
 
 
 @_jit
+def _pair_scratch(u: Any, g: Any, zeta: Any, lams: Any) -> Any:
+    """The rows :func:`_pair_terms` fills, for ``u [N, M, 3, B]`` and ``g [N, M, E, B]``:
+    ``cos [B]``, ``base [L, B]``, ``table [L, bits, B]``, ``pw [C, B]``, ``gg [E, B]``."""
+    n_b, n_l = u.shape[3], lams.shape[0]
+    return (
+        np.empty(n_b, dtype=u.dtype),
+        np.empty((n_l, n_b), dtype=u.dtype),
+        np.empty((n_l, _n_bits(zeta), n_b), dtype=u.dtype),
+        np.empty((zeta.shape[0], n_b), dtype=u.dtype),
+        np.empty((g.shape[2], n_b), dtype=u.dtype),
+    )
+
+
+@_jit
 def _pair_terms(
     u: Any,
     g: Any,
@@ -146,13 +160,9 @@ def _g5_forward(
 ) -> Any:
     """``a [N, Q, E, C, B]`` from ``u [N, M, 3, B]`` and ``g [N, M, E, B]`` (structures last)."""
     n, n_b = u.shape[0], u.shape[3]
-    n_e, n_c, n_l, n_bits = g.shape[2], zeta.shape[0], lams.shape[0], _n_bits(zeta)
+    n_e, n_c = g.shape[2], zeta.shape[0]
     out = np.zeros((n, n_pairs, n_e, n_c, n_b), dtype=u.dtype)
-    cos = np.empty(n_b, dtype=u.dtype)
-    base = np.empty((n_l, n_b), dtype=u.dtype)
-    table = np.empty((n_l, n_bits, n_b), dtype=u.dtype)
-    pw = np.empty((n_c, n_b), dtype=u.dtype)
-    gg = np.empty((n_e, n_b), dtype=u.dtype)
+    cos, base, table, pw, gg = _pair_scratch(u, g, zeta, lams)
     for i in range(n):
         for t in range(jj.shape[1]):
             j, k, q = jj[i, t], kk[i, t], qq[i, t]
@@ -172,16 +182,12 @@ def _g5_backward(
 ) -> Any:
     """Gradients of ``sum(grad * a)`` with respect to ``u`` and ``g`` (same layouts)."""
     n, n_b = u.shape[0], u.shape[3]
-    n_e, n_c, n_l, n_bits = g.shape[2], zeta.shape[0], lams.shape[0], _n_bits(zeta)
+    n_e, n_c = g.shape[2], zeta.shape[0]
     grad_u = np.zeros_like(u)
     grad_g = np.zeros_like(g)
-    cos = np.empty(n_b, dtype=u.dtype)
-    base = np.empty((n_l, n_b), dtype=u.dtype)
-    table = np.empty((n_l, n_bits, n_b), dtype=u.dtype)
-    pw = np.empty((n_c, n_b), dtype=u.dtype)
+    cos, base, table, pw, gg = _pair_scratch(u, g, zeta, lams)
     lower = np.empty(n_b, dtype=u.dtype)
     d_pw = np.empty((n_c, n_b), dtype=u.dtype)
-    gg = np.empty((n_e, n_b), dtype=u.dtype)
     d_gg = np.empty((n_e, n_b), dtype=u.dtype)
     d_cos = np.empty(n_b, dtype=u.dtype)
     for i in range(n):
