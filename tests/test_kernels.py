@@ -37,8 +37,8 @@ def _both(monkeypatch, rep, pos, numbers, cell=None):
     return results
 
 
-def _close(a, b, dtype):
-    rtol = 1e-10 if dtype == torch.float64 else 2e-5
+def _close(a, b, dtype, rtol32=2e-5):
+    rtol = 1e-10 if dtype == torch.float64 else rtol32
     scale = b.abs().max()
     assert (a - b).abs().max() <= rtol * scale, float((a - b).abs().max() / scale)
 
@@ -151,3 +151,74 @@ def test_one_and_two_atoms(monkeypatch, flag):
     assert one.shape == (380,) and not one.any()  # no neighbours, every term zero
     two = rep.featurize(Atoms("Pt2", positions=[[0.0, 0.0, 0.0], [0.0, 0.0, 2.5]], cell=[20.0] * 3))
     assert two[:140].max() > 0 and not two[140:190].any() and not two[330:].any()  # G2, no G5 terms
+
+
+def _spy_fused(monkeypatch):
+    """Counts the calls of the whole-cluster kernel ``ClusterACSF``."""
+    calls = []
+    apply = _kernels.ClusterACSF.apply
+    monkeypatch.setattr(_kernels.ClusterACSF, "apply", lambda *a: calls.append(1) or apply(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cutoff", ["cosine", "polynomial"])
+@pytest.mark.parametrize("pooling", [None, "mean", "maxmin+mean"])
+def test_whole_cluster_kernel_equals_torch(monkeypatch, dtype, cutoff, pooling):
+    """dscribe's layout with G1, two cutoff functions, pairs on both sides of the cutoff,
+    three elements: ``ClusterACSF`` gives torch's values and position gradients."""
+    calls = _spy_fused(monkeypatch)
+    rep = ACSF(
+        species=["H", "C", "O"], r_cut=3.0, g2_params=[[1.0, 0.0], [0.5, 2.0]], g5_params=G5,
+        cutoff=cutoff, pooling=pooling,
+    )  # fmt: skip
+    pos = torch.as_tensor(np.random.default_rng(6).uniform(-2.0, 2.0, (9, 7, 3)), dtype=dtype)
+    r = (pos[:, :, None] - pos[:, None]).norm(dim=-1)
+    assert (r > 3.0).any() and ((r > 0) & (r < 3.0)).any()
+    (fk, gk), (ft, gt) = _both(monkeypatch, rep, pos, [1, 6, 8, 1, 6, 8, 8])
+    assert len(calls) == 1  # the kernels' run, not torch's
+    _close(fk, ft, dtype)
+    # float32: the cutoff's derivative is a closed form here, autograd's product rule in torch
+    _close(gk, gt, dtype, rtol32=1e-4)
+
+
+def test_whole_cluster_kernel_only_where_it_applies():
+    """G3 and G4 terms, or a non-integer zeta, keep the cluster in the per-term path."""
+    z = torch.tensor([0, 0, 0])
+    for kwargs, fused in [
+        ({"g5_params": G5}, True),
+        ({"g5_params": G5, "g3_params": [1.0]}, False),
+        ({"g4_params": G5}, False),
+        ({"g5_params": [[0.1, 1.5, 1.0]]}, False),
+    ]:
+        rep = ACSF(species=["Pt"], r_cut=5.0, g2_params=[[1.0, 0.0]], **kwargs)
+        assert (rep._cluster_plan(z, 1, torch.float32)["fused"] is not None) is fused, kwargs
+
+
+def test_maxmin_pooling_of_structures_innermost_view(monkeypatch):
+    """``MaxMin`` pools a view of an ``[N, F, B]`` array in place, ties and NaN as torch."""
+    from invfp.representations.base import pool
+
+    base = torch.randn(4, 6, 5, dtype=torch.float64)  # [N, F, B]
+    base[2, :, 1] = base[0, :, 1]
+    base[3, 1, 2] = float("nan")
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("INVFP_NUMBA", flag)
+        x = base.clone().requires_grad_(True)
+        feats = x.permute(2, 0, 1)  # [B, N, F], not contiguous
+        out = pool(feats, "maxmin")
+        (grad,) = torch.autograd.grad((torch.nan_to_num(out) * torch.arange(12.0)).sum(), x)
+        results.append((out.detach(), grad))
+    (ok, gk), (ot, gt) = results
+    torch.testing.assert_close(ok, ot, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(gk, gt, rtol=0, atol=0)
+
+
+def test_second_derivatives_raise_instead_of_coming_out_wrong(monkeypatch):
+    """The kernels' backward is NumPy: differentiating it again is an error, not zeros."""
+    monkeypatch.setenv("INVFP_NUMBA", "1")
+    pos = torch.as_tensor(np.random.default_rng(7).uniform(-2.5, 2.5, (2, 5, 3))).requires_grad_(True)
+    (grad,) = torch.autograd.grad(ACSF.fung2022()(pos, [78] * 5).sum(), pos, create_graph=True)
+    with pytest.raises(RuntimeError, match="twice|does not require grad"):
+        grad.sum().backward()

@@ -20,7 +20,7 @@ from invfp.errors import ConfigError, InputError, UnknownComponentError
 from invfp.metrics import rmsd
 
 SMALL_ADAM = {"restarts": 8, "hops": 2, "steps": 150, "refine_steps": 300}
-SMALL_LBFGS = {"restarts": 8, "steps": 150}
+SMALL_LBFGS = {"restarts": 8, "steps": 150, "attempts": 1}  # one search: restart_losses has 8
 
 
 @pytest.fixture(scope="module")

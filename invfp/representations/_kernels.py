@@ -13,10 +13,13 @@ A fung2022 forward and backward pass of Pt10 in torch is some sixty passes over
 - G2: the Gaussians' row sums and their gradient with respect to r and f_c, in one pass
   each (the exponentials themselves are torch's, which are vectorised).
 - Max/min pooling over atoms and its scatter backward.
+- Clusters with only G1/G2 and integer-zeta G5 terms (fung2022): the whole per-atom ACSF
+  from positions and its gradient back to positions (``ClusterACSF``), distances,
+  cutoffs, unit vectors and the output layout included; only the exponentials are torch's.
 
 Every inner loop runs over a 1-D row view with the structures innermost, which LLVM
-vectorises. Distances, cutoffs and unit vectors stay in torch, whose autograd carries the
-gradients on to positions and cell.
+vectorises. Outside ``ClusterACSF``, distances, cutoffs and unit vectors stay in torch,
+whose autograd carries the gradients on to positions and cell.
 
 Used on the CPU (float32, float64) when numba is importable (a dependency of invfp) and
 ``INVFP_NUMBA`` is not ``0``; G5 only for integer zeta >= 1 and one element pair per
@@ -32,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 try:  # numba is a dependency; a platform without its wheels still runs torch's code
     from numba import njit
@@ -239,6 +243,7 @@ class G5Sums(torch.autograd.Function):
         return torch.from_numpy(a).permute(4, 0, 1, 2, 3)
 
     @staticmethod
+    @once_differentiable  # NumPy inside: a second derivative raises instead of coming out wrong
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         u_np, g_np, pairs, zeta, lam_of, lams = ctx.inputs
         grad_np = grad.permute(1, 2, 3, 4, 0).contiguous().numpy()
@@ -360,6 +365,7 @@ class GaussianSums(torch.autograd.Function):
         return torch.from_numpy(_g2_forward(gauss, fc_np, targets, rows))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         gauss, r_np, fc_np, targets, eta, eta_rs = ctx.inputs
         grad_r, grad_fc = _g2_backward(grad.contiguous().numpy(), gauss, r_np, fc_np, targets, eta, eta_rs)
@@ -414,21 +420,313 @@ def _maxmin_backward(grad: Any, where: Any, n: int) -> Any:
     return out
 
 
+@_jit
+def _maxmin_last_forward(feats: Any) -> Any:
+    """As :func:`_maxmin_forward` for structures-innermost ``[N, F, B]``: ``[2F, B]`` and the atoms."""
+    n, n_f, n_b = feats.shape
+    out = np.empty((2 * n_f, n_b), dtype=feats.dtype)
+    where = np.zeros((2 * n_f, n_b), dtype=np.int64)
+    for f in range(n_f):
+        hi, lo, at_hi, at_lo, first = out[f], out[n_f + f], where[f], where[n_f + f], feats[0, f]
+        for b in range(n_b):
+            hi[b] = first[b]
+            lo[b] = first[b]
+        for a in range(1, n):
+            row = feats[a, f]
+            for b in range(n_b):
+                v = row[b]
+                if v > hi[b] or (v != v and hi[b] == hi[b]):
+                    hi[b] = v
+                    at_hi[b] = a
+                if v < lo[b] or (v != v and lo[b] == lo[b]):
+                    lo[b] = v
+                    at_lo[b] = a
+    return out, where
+
+
+@_jit
+def _maxmin_last_backward(grad: Any, where: Any, n: int) -> Any:
+    n_f, n_b = grad.shape[0] // 2, grad.shape[1]
+    out = np.zeros((n, n_f, n_b), dtype=grad.dtype)
+    for f in range(2 * n_f):
+        for b in range(n_b):
+            out[where[f, b], f % n_f, b] += grad[f, b]
+    return out
+
+
 class MaxMin(torch.autograd.Function):
     """Max/min pooling over atoms: ``[B, N, F]`` -> ``[B, 2F]`` (torch's max/min over a middle
-    dimension with indices cost about 0.5 ms a call at 96 Pt10 members; this about 0.05 ms)."""
+    dimension with indices cost about 0.5 ms a call at 96 Pt10 members; this about 0.05 ms).
+
+    A view of a structures-innermost ``[N, F, B]`` array (``ClusterACSF``'s output) is pooled
+    in that layout, without a copy; its gradient comes back in the same layout."""
 
     @staticmethod
     def forward(ctx: Any, feats: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        out, where = _maxmin_forward(feats.detach().contiguous().numpy())
-        ctx.where, ctx.n = where, feats.shape[1]
+        ctx.n = feats.shape[1]
+        last = feats.permute(1, 2, 0)
+        ctx.last = last.is_contiguous() and not feats.is_contiguous()
+        if ctx.last:
+            out, ctx.where = _maxmin_last_forward(last.detach().numpy())
+            return torch.from_numpy(out).t()
+        out, ctx.where = _maxmin_forward(feats.detach().contiguous().numpy())
         return torch.from_numpy(out)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if ctx.last:
+            g = _maxmin_last_backward(grad.t().contiguous().numpy(), ctx.where, ctx.n)
+            return torch.from_numpy(g).permute(2, 0, 1)
         return torch.from_numpy(_maxmin_backward(grad.contiguous().numpy(), ctx.where, ctx.n))
 
 
 def runs_on(t: torch.Tensor) -> bool:
     """Whether the kernels can take this tensor (CPU, float32 or float64, kernels enabled)."""
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and enabled()
+
+
+# -- A whole cluster ACSF (G1/G2 and G5) in three kernels -------------------------------
+#
+# For isolated structures the torch glue around the kernels above (distances, cutoffs,
+# unit vectors, layout copies, the Gaussians of G5, the scatter into the output layout,
+# about thirty small passes and their backward) cost as much as the kernels themselves.
+# Here all of it runs structures-innermost in three passes: geometry and exponents, then
+# (after torch's vectorised exp) the sums in the output layout, then the whole backward to
+# positions.
+
+
+@_jit
+def _cluster_geometry(
+    x: Any, iu: Any, ju: Any, r_cut: float, cosine: bool, eta2: Any, rs2: Any, eta5: Any, floor: float
+) -> Any:
+    """Per pair p = (iu[p] < ju[p]) of positions ``x [N, 3, B]``: ``d [P, 3, B]`` = x_j - x_i,
+    ``r``, ``1/r``, f_c and d f_c / dr ``[P, B]``; the unit vectors ``u [N, N, 3, B]`` (zero
+    beyond the cutoff); and the exponents ``[P, F2 + E, B]`` of the G2 Gaussians
+    (-eta (r - R_s)^2) and of the G5 ones (-eta r^2), floored at ``floor``."""
+    n, n_b = x.shape[0], x.shape[2]
+    n_p, n_f2, n_e = iu.shape[0], eta2.shape[0], eta5.shape[0]
+    d = np.empty((n_p, 3, n_b), dtype=x.dtype)
+    r = np.empty((n_p, n_b), dtype=x.dtype)
+    inv_r = np.empty((n_p, n_b), dtype=x.dtype)
+    fc = np.empty((n_p, n_b), dtype=x.dtype)
+    dfc = np.empty((n_p, n_b), dtype=x.dtype)
+    u = np.zeros((n, n, 3, n_b), dtype=x.dtype)
+    expo = np.empty((n_p, n_f2 + n_e, n_b), dtype=x.dtype)
+    r2 = np.empty(n_b, dtype=x.dtype)
+    half_w = 0.5 * np.pi / r_cut
+    for p in range(n_p):
+        i, j = iu[p], ju[p]
+        rp, ip, fp, dp = r[p], inv_r[p], fc[p], dfc[p]
+        for b in range(n_b):
+            r2[b] = 0.0
+        for a in range(3):
+            xi, xj, da = x[i, a], x[j, a], d[p, a]
+            for b in range(n_b):
+                v = xj[b] - xi[b]
+                da[b] = v
+                r2[b] += v * v
+        for b in range(n_b):
+            rb = np.sqrt(r2[b])
+            rp[b] = rb
+            ip[b] = 1.0 / rb
+            t = rb / r_cut
+            if rb > r_cut:
+                fp[b] = 0.0
+                dp[b] = 0.0
+            elif cosine:
+                fp[b] = 0.5 * (np.cos(np.pi * t) + 1.0)
+                dp[b] = -half_w * np.sin(np.pi * t)
+            else:  # 1 - 10 t^3 + 15 t^4 - 6 t^5
+                fp[b] = 1.0 + t * t * t * (-10.0 + t * (15.0 - 6.0 * t))
+                dp[b] = -30.0 * t * t * (1.0 - t) * (1.0 - t) / r_cut
+        for a in range(3):
+            da, uij, uji = d[p, a], u[i, j, a], u[j, i, a]
+            for b in range(n_b):
+                v = da[b] * ip[b] if rp[b] <= r_cut else 0.0
+                uij[b] = v
+                uji[b] = -v
+        for f in range(n_f2):
+            o, e, s = expo[p, f], -eta2[f], rs2[f]
+            for b in range(n_b):
+                t = rp[b] - s
+                o[b] = max(e * t * t, floor)
+        for f in range(n_e):
+            o, e = expo[p, n_f2 + f], -eta5[f]
+            for b in range(n_b):
+                o[b] = max(e * rp[b] * rp[b], floor)
+    return d, r, inv_r, fc, dfc, u, expo
+
+
+@_jit
+def _cluster_forward(
+    gauss: Any,
+    fc: Any,
+    u: Any,
+    iu: Any,
+    ju: Any,
+    ch: Any,
+    col2: Any,
+    jj: Any,
+    kk: Any,
+    qq: Any,
+    zeta: Any,
+    lam_of: Any,
+    lams: Any,
+    n_pairs: int,
+    col5: Any,
+    src5: Any,
+    n_feats: int,
+) -> Any:
+    """Per-atom features ``[N, F, B]`` in the output layout from the exponentiated
+    ``gauss [P, F2 + E, B]``; also returns ``g [N, N, E, B]`` = exp(-eta r^2) f_c for the backward."""
+    n, n_b = u.shape[0], u.shape[3]
+    n_f2 = col2.shape[0]
+    n_e = gauss.shape[1] - n_f2
+    out = np.zeros((n, n_feats, n_b), dtype=gauss.dtype)
+    g = np.zeros((n, n, n_e, n_b), dtype=gauss.dtype)
+    for p in range(iu.shape[0]):
+        i, j = iu[p], ju[p]
+        c = fc[p]
+        for f in range(n_f2):
+            gp, oi, oj = gauss[p, f], out[i, col2[f, ch[j]]], out[j, col2[f, ch[i]]]
+            for b in range(n_b):
+                v = gp[b] * c[b]
+                oi[b] += v
+                oj[b] += v
+        for e in range(n_e):
+            gp, gij, gji = gauss[p, n_f2 + e], g[i, j, e], g[j, i, e]
+            for b in range(n_b):
+                v = gp[b] * c[b]
+                gij[b] = v
+                gji[b] = v
+    if col5.shape[0] and jj.shape[1]:
+        n_c = zeta.shape[0]
+        a = _g5_forward(u, g, jj, kk, qq, zeta, lam_of, lams, n_pairs)
+        for i in range(n):
+            for q in range(n_pairs):
+                for t in range(col5.shape[0]):
+                    o, s = out[i, col5[t, q]], a[i, q, src5[t] // n_c, src5[t] % n_c]
+                    for b in range(n_b):
+                        o[b] += 2.0 * s[b]
+    return out, g
+
+
+@_jit
+def _cluster_backward(
+    grad: Any,
+    gauss: Any,
+    g: Any,
+    d: Any,
+    r: Any,
+    inv_r: Any,
+    fc: Any,
+    dfc: Any,
+    u: Any,
+    iu: Any,
+    ju: Any,
+    ch: Any,
+    col2: Any,
+    eta2: Any,
+    eta2_rs: Any,
+    eta5: Any,
+    r_cut: float,
+    jj: Any,
+    kk: Any,
+    qq: Any,
+    zeta: Any,
+    lam_of: Any,
+    lams: Any,
+    n_pairs: int,
+    col5: Any,
+    src5: Any,
+) -> Any:
+    """Gradient ``[N, 3, B]`` of ``sum(grad * features)`` with respect to the positions."""
+    n, n_b = u.shape[0], u.shape[3]
+    n_f2, n_e = col2.shape[0], eta5.shape[0]
+    grad_x = np.zeros((n, 3, n_b), dtype=grad.dtype)
+    grad_u = np.zeros_like(u)
+    grad_g = np.zeros_like(g)
+    if col5.shape[0] and jj.shape[1]:
+        n_c = zeta.shape[0]
+        grad_a = np.zeros((n, n_pairs, n_e, n_c, n_b), dtype=grad.dtype)
+        for i in range(n):
+            for q in range(n_pairs):
+                for t in range(col5.shape[0]):
+                    o, s = grad_a[i, q, src5[t] // n_c, src5[t] % n_c], grad[i, col5[t, q]]
+                    for b in range(n_b):
+                        o[b] += 2.0 * s[b]
+        grad_u, grad_g = _g5_backward(u, g, jj, kk, qq, zeta, lam_of, lams, grad_a)
+    s0 = np.empty(n_b, dtype=grad.dtype)
+    s1 = np.empty(n_b, dtype=grad.dtype)
+    s2 = np.empty(n_b, dtype=grad.dtype)
+    dot = np.empty(n_b, dtype=grad.dtype)
+    for p in range(iu.shape[0]):
+        i, j = iu[p], ju[p]
+        for b in range(n_b):
+            s0[b] = 0.0
+            s1[b] = 0.0
+            s2[b] = 0.0
+        # G2: d/dr exp(-eta (r - R_s)^2) = -2 eta (r - R_s) exp(...)
+        for f in range(n_f2):
+            gp, gi, gj = gauss[p, f], grad[i, col2[f, ch[j]]], grad[j, col2[f, ch[i]]]
+            e, es = eta2[f], eta2_rs[f]
+            for b in range(n_b):
+                w = (gi[b] + gj[b]) * gp[b]
+                s0[b] += w
+                s1[b] += w * e
+                s2[b] += w * es
+        # G5's exp(-eta r^2) f_c: s0 gathers d/d f_c, s1 and s2 d/dr as above with R_s = 0
+        for e in range(n_e):
+            gp, gij, gji, h = gauss[p, n_f2 + e], grad_g[i, j, e], grad_g[j, i, e], eta5[e]
+            for b in range(n_b):
+                w = (gij[b] + gji[b]) * gp[b]
+                s0[b] += w
+                s1[b] += w * h
+        rp, ip, cp, dp = r[p], inv_r[p], fc[p], dfc[p]
+        for b in range(n_b):  # total d/dr, then d/dr times d r / d d = d / r
+            s0[b] = (2.0 * cp[b] * (s2[b] - rp[b] * s1[b]) + s0[b] * dp[b]) * ip[b]
+            dot[b] = 0.0
+        # unit vectors (zero beyond the cutoff): d u / d d = (1 - u u^T) / r, u_ji = -u_ij
+        for a in range(3):
+            ua, ga, gb = u[i, j, a], grad_u[i, j, a], grad_u[j, i, a]
+            for b in range(n_b):
+                dot[b] += ua[b] * (ga[b] - gb[b])
+        for a in range(3):
+            da, ua, ga, gb, xi, xj = d[p, a], u[i, j, a], grad_u[i, j, a], grad_u[j, i, a], grad_x[i, a], grad_x[j, a]
+            for b in range(n_b):
+                v = s0[b] * da[b]
+                if rp[b] <= r_cut:
+                    v += (ga[b] - gb[b] - ua[b] * dot[b]) * ip[b]
+                xj[b] += v
+                xi[b] -= v
+    return grad_x
+
+
+class ClusterACSF(torch.autograd.Function):
+    """Per-atom ACSF ``[B, N, F]`` of clusters (G1/G2 and integer-zeta G5) from positions
+    ``[B, N, 3]``, by the three kernels above; ``spec`` is :meth:`ClusterSpec`'s tuple.
+
+    The output is a view of a structures-innermost ``[N, F, B]`` array (``MaxMin`` pools
+    it without a copy)."""
+
+    @staticmethod
+    def forward(ctx: Any, positions: torch.Tensor, spec: Any) -> torch.Tensor:  # type: ignore[override]
+        (iu, ju, ch, col2, eta2, rs2, eta2_rs, eta5, jj, kk, qq, zeta, lam_of, lams, n_pairs, col5, src5,
+         n_feats, r_cut, cosine, floor) = spec  # fmt: skip
+        x = positions.detach().permute(1, 2, 0).contiguous().numpy()
+        d, r, inv_r, fc, dfc, u, gauss = _cluster_geometry(x, iu, ju, r_cut, cosine, eta2, rs2, eta5, floor)
+        torch.from_numpy(gauss).exp_()
+        out, g = _cluster_forward(
+            gauss, fc, u, iu, ju, ch, col2, jj, kk, qq, zeta, lam_of, lams, n_pairs, col5, src5, n_feats
+        )
+        ctx.inputs = (gauss, g, d, r, inv_r, fc, dfc, u, iu, ju, ch, col2, eta2, eta2_rs, eta5, r_cut,
+                      jj, kk, qq, zeta, lam_of, lams, n_pairs, col5, src5)  # fmt: skip
+        return torch.from_numpy(out).permute(2, 0, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        grad_np = grad.permute(1, 2, 0).contiguous().numpy()
+        grad_x = _cluster_backward(grad_np, *ctx.inputs)
+        return torch.from_numpy(grad_x).permute(2, 0, 1), None

@@ -38,10 +38,12 @@ from unit vectors, integer zeta powers by repeated squaring, sums over pairs as 
 matrix products per (zeta, lambda) x eta grid. Periodic input uses the same code on
 displacement columns ``[B, N, M, 3]`` to every image within the cutoff (radial terms),
 and on each atom's own neighbours within the cutoff, padded (angular terms). Large batches
-of clusters are split into chunks whose intermediates stay below 16 MiB. On the CPU the G2
-and G5 sums and their gradients run in fused numba kernels instead (``_kernels``; the same
-values, 2-3x faster for Pt10 batches); this torch code runs on CUDA, for what the kernels
-do not cover, and with ``INVFP_NUMBA=0``.
+of clusters are split into chunks whose intermediates stay below 16 MiB. On the CPU fused
+numba kernels run instead (``_kernels``, the same values): for clusters with G1/G2 and
+integer-zeta G5 terms (fung2022 among them) the whole per-atom ACSF and its gradient
+with respect to positions, in chunks of 192 structures; otherwise the G2 and G5 sums and
+their gradients. This torch code runs on CUDA, for what the kernels do not cover, and
+with ``INVFP_NUMBA=0``.
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ _CHUNK_BYTES = 16 * 2**20
 """Largest intermediate per chunk of a cluster batch. glibc serves blocks above 32 MiB by
 mmap and unmaps them on free, so every call paid page faults again (measured: 45k faults
 and +30% CPU time per forward+backward of 2000 Pt10 in float32; none when chunked)."""
+_FUSED_CHUNK = 192
+"""Structures per call of the whole-cluster kernel (``_kernels.ClusterACSF``): its
+structures-innermost arrays outgrow the caches beyond a few hundred, and small calls pay
+their fixed cost (Pt10 fung2022 float32, forward + backward of 3000 structures, one thread:
+30-35 us per structure in chunks of 192, 47-52 in one call, 52 in chunks of 32)."""
 _EXP_FLOOR = -87.0
 """Gaussian exponents are clamped here (exp(-87) = 1.6e-38, the smallest normal float32):
 torch's float exp takes a slow path, 7-14x slower per element, for arguments whose result
@@ -361,11 +368,19 @@ class ACSF(Representation):
         if self.periodic and any(pbc_dirs):
             disp, column_channel, valid = self._periodic_neighbours(positions, cell, pbc_dirs, channel)
             feats = self._periodic(disp, valid, column_channel, len(species))
+            return pool(feats, self.pooling)
+        plan = self._cluster_plan(channel, len(species), positions.dtype)
+        if plan["fused"] is not None and _kernels.runs_on(positions):
+            # the whole-cluster kernel in cache-sized chunks; its output is structures-innermost,
+            # which the max/min pooling reads without a copy, so each chunk is pooled on its own
+            parts = [
+                pool(_kernels.ClusterACSF.apply(part, plan["fused"]), self.pooling)
+                for part in positions.split(_FUSED_CHUNK)
+            ]
         else:
             chunk = self._cluster_chunk(positions.shape[1], len(species), positions.element_size())
-            parts = [self._cluster(part, channel, len(species)) for part in positions.split(chunk)]
-            feats = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return pool(feats, self.pooling)
+            parts = [pool(self._cluster(part, plan, len(species)), self.pooling) for part in positions.split(chunk)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     # -- input handling ---------------------------------------------------------------
     def _check_input(self, positions: Any, numbers: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -517,14 +532,13 @@ class ACSF(Representation):
                 widths.append(triplets * (len(terms.combos) + len(terms.eta) * n_el * (n_el + 1) // 2))
         return max(1, _CHUNK_BYTES // (itemsize * max(1, *widths)))  # one atom: no pairs
 
-    def _cluster(self, positions: torch.Tensor, channel: torch.Tensor, n_el: int) -> torch.Tensor:
+    def _cluster(self, positions: torch.Tensor, plan: dict[str, Any], n_el: int) -> torch.Tensor:
         """Per-atom features of isolated structures (no images): every atom is a neighbour."""
         b, n, _ = positions.shape
         device = positions.device
         disp = positions[:, None, :, :] - positions[:, :, None, :]  # [B, N_i, N_j, 3]: x_j - x_i
         valid = ~torch.eye(n, dtype=torch.bool, device=device)
         r2, r, inside, fc = self._distances(disp, valid)
-        plan = self._cluster_plan(channel, n_el, positions.dtype)
         radial = None
         if self.n_radial:
             iu, ju = plan["pairs"]
@@ -554,10 +568,58 @@ class ACSF(Representation):
             "triplets": (jj, kk),
             "pair_onehot": _pair_onehot(channel[jj], channel[kk], n_el, self._layout, dtype),
         }
+        plan["fused"] = self._fused_spec(plan, channel, n_el, dtype)
         if len(self._plans) >= 32:
             self._plans.clear()
         self._plans[key] = plan
         return plan
+
+    def _fused_spec(
+        self, plan: dict[str, Any], channel: torch.Tensor, n_el: int, dtype: torch.dtype
+    ) -> tuple[Any, ...] | None:
+        """The arguments of ``_kernels.ClusterACSF`` for this composition, or ``None`` where it
+        does not apply (CUDA, G3 or G4 terms, G5 with a non-integer zeta or one below 1)."""
+        if (
+            channel.device.type != "cpu"
+            or dtype not in (torch.float32, torch.float64)
+            or self._g3_kappa.numel()
+            or self._g4.n
+            or self._g5.zeta_int is None
+        ):
+            return None
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+
+        def ints(t: Any) -> np.ndarray:
+            return np.ascontiguousarray(np.asarray(t.cpu() if isinstance(t, torch.Tensor) else t), dtype=np.int64)
+
+        def floats(t: torch.Tensor) -> np.ndarray:
+            return np.ascontiguousarray(t.cpu().numpy(), dtype=np_dtype)
+
+        n_f2, n_g5, n_q = self._g2_eta.numel(), self._g5.n, n_el * (n_el + 1) // 2
+        f, c = np.arange(n_f2)[:, None], np.arange(n_el)[None, :]
+        t, q = np.arange(n_g5)[:, None], np.arange(n_q)[None, :]
+        offset = n_f2 * n_el
+        if self._layout == "fung2022":  # parameter-major, channel fastest (see _assemble)
+            col2, col5 = f * n_el + c, offset + t * n_q + q
+        else:
+            col2, col5 = c * n_f2 + f, offset + q * n_g5 + t
+        jj, kk = plan["triplets"]
+        onehot = plan["pair_onehot"]
+        qq = torch.zeros_like(jj) if onehot is None else onehot.argmax(-1)
+        eta2, rs2 = self._g2_eta, self._g2_rs
+        return (
+            *(ints(v) for v in (*plan["pairs"], channel, col2)),
+            *(floats(v) for v in (eta2, rs2, eta2 * rs2, self._g5.eta)),
+            *(ints(v) for v in (jj, kk, qq, self._g5.zeta_int, self._g5.lam_of)),
+            floats(self._g5.lam),
+            n_q,
+            ints(col5).reshape(n_g5, n_q),
+            ints(self._g5.flat_idx),
+            offset + n_g5 * n_q,
+            self.r_cut,
+            self.cutoff == "cosine",
+            _EXP_FLOOR,
+        )
 
     def _periodic(
         self, disp: torch.Tensor, valid: torch.Tensor, channel: torch.Tensor, n_el: int
