@@ -31,7 +31,7 @@ otherwise (CUDA included) and is the reference the tests compare with
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -703,25 +703,52 @@ def _cluster_backward(
     return grad_x
 
 
+class ClusterSpec(NamedTuple):
+    """What ``ClusterACSF`` needs of one ACSF and composition (NumPy, in the input's dtype)."""
+
+    iu: np.ndarray  # [P] first atom of each unordered pair
+    ju: np.ndarray  # [P] second atom (iu < ju)
+    ch: np.ndarray  # [N] element channel of each atom
+    col2: np.ndarray  # [F2, n_el] output column of G2 term f with a neighbour of channel c
+    eta2: np.ndarray  # [F2] G2 eta (G1: 0)
+    rs2: np.ndarray  # [F2] G2 R_s
+    eta2_rs: np.ndarray  # [F2] eta R_s
+    eta5: np.ndarray  # [E] the unique G5 eta
+    jj: np.ndarray  # [N, K] each atom's neighbour pairs j < k
+    kk: np.ndarray  # [N, K]
+    qq: np.ndarray  # [N, K] their element pair
+    zeta: np.ndarray  # [C] integer zeta of each unique (zeta, lambda)
+    lam_of: np.ndarray  # [C] its lambda's index in lams
+    lams: np.ndarray  # [L] the unique lambdas
+    n_pairs: int  # Q element pairs
+    col5: np.ndarray  # [T, Q] output column of G5 term t for element pair q
+    src5: np.ndarray  # [T] term t's place e * C + c in the [E, C] grid
+    n_feats: int  # F per atom
+    r_cut: float
+    cosine: bool  # cosine cutoff, else polynomial
+    floor: float  # exponents are floored here
+
+
 class ClusterACSF(torch.autograd.Function):
     """Per-atom ACSF ``[B, N, F]`` of clusters (G1/G2 and integer-zeta G5) from positions
-    ``[B, N, 3]``, by the three kernels above; ``spec`` is :meth:`ClusterSpec`'s tuple.
+    ``[B, N, 3]`` by the three kernels above, for a :class:`ClusterSpec`.
 
     The output is a view of a structures-innermost ``[N, F, B]`` array (``MaxMin`` pools
     it without a copy)."""
 
     @staticmethod
-    def forward(ctx: Any, positions: torch.Tensor, spec: Any) -> torch.Tensor:  # type: ignore[override]
-        (iu, ju, ch, col2, eta2, rs2, eta2_rs, eta5, jj, kk, qq, zeta, lam_of, lams, n_pairs, col5, src5,
-         n_feats, r_cut, cosine, floor) = spec  # fmt: skip
+    def forward(ctx: Any, positions: torch.Tensor, spec: ClusterSpec) -> torch.Tensor:  # type: ignore[override]
+        s = spec
         x = positions.detach().permute(1, 2, 0).contiguous().numpy()
-        d, r, inv_r, fc, dfc, u, gauss = _cluster_geometry(x, iu, ju, r_cut, cosine, eta2, rs2, eta5, floor)
-        torch.from_numpy(gauss).exp_()
-        out, g = _cluster_forward(
-            gauss, fc, u, iu, ju, ch, col2, jj, kk, qq, zeta, lam_of, lams, n_pairs, col5, src5, n_feats
+        d, r, inv_r, fc, dfc, u, gauss = _cluster_geometry(
+            x, s.iu, s.ju, s.r_cut, s.cosine, s.eta2, s.rs2, s.eta5, s.floor
         )
-        ctx.inputs = (gauss, g, d, r, inv_r, fc, dfc, u, iu, ju, ch, col2, eta2, eta2_rs, eta5, r_cut,
-                      jj, kk, qq, zeta, lam_of, lams, n_pairs, col5, src5)  # fmt: skip
+        torch.from_numpy(gauss).exp_()
+        g5 = (s.jj, s.kk, s.qq, s.zeta, s.lam_of, s.lams, s.n_pairs, s.col5, s.src5)
+        out, g = _cluster_forward(gauss, fc, u, s.iu, s.ju, s.ch, s.col2, *g5, s.n_feats)
+        ctx.inputs = (
+            gauss, g, d, r, inv_r, fc, dfc, u, s.iu, s.ju, s.ch, s.col2, s.eta2, s.eta2_rs, s.eta5, s.r_cut, *g5
+        )  # fmt: skip
         return torch.from_numpy(out).permute(2, 0, 1)
 
     @staticmethod

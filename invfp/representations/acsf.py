@@ -576,8 +576,8 @@ class ACSF(Representation):
 
     def _fused_spec(
         self, plan: dict[str, Any], channel: torch.Tensor, n_el: int, dtype: torch.dtype
-    ) -> tuple[Any, ...] | None:
-        """The arguments of ``_kernels.ClusterACSF`` for this composition, or ``None`` where it
+    ) -> _kernels.ClusterSpec | None:
+        """What ``_kernels.ClusterACSF`` needs for this composition, or ``None`` where it
         does not apply (CUDA, G3 or G4 terms, G5 with a non-integer zeta or one below 1)."""
         if (
             channel.device.type != "cpu"
@@ -607,19 +607,15 @@ class ACSF(Representation):
         onehot = plan["pair_onehot"]
         qq = torch.zeros_like(jj) if onehot is None else onehot.argmax(-1)
         eta2, rs2 = self._g2_eta, self._g2_rs
-        return (
-            *(ints(v) for v in (*plan["pairs"], channel, col2)),
-            *(floats(v) for v in (eta2, rs2, eta2 * rs2, self._g5.eta)),
-            *(ints(v) for v in (jj, kk, qq, self._g5.zeta_int, self._g5.lam_of)),
-            floats(self._g5.lam),
-            n_q,
-            ints(col5).reshape(n_g5, n_q),
-            ints(self._g5.flat_idx),
-            offset + n_g5 * n_q,
-            self.r_cut,
-            self.cutoff == "cosine",
-            _EXP_FLOOR,
-        )
+        iu, ju = plan["pairs"]
+        return _kernels.ClusterSpec(
+            iu=ints(iu), ju=ints(ju), ch=ints(channel), col2=ints(col2),
+            eta2=floats(eta2), rs2=floats(rs2), eta2_rs=floats(eta2 * rs2), eta5=floats(self._g5.eta),
+            jj=ints(jj), kk=ints(kk), qq=ints(qq), zeta=ints(self._g5.zeta_int), lam_of=ints(self._g5.lam_of),
+            lams=floats(self._g5.lam), n_pairs=n_q, col5=ints(col5).reshape(n_g5, n_q),
+            src5=ints(self._g5.flat_idx), n_feats=offset + n_g5 * n_q,
+            r_cut=self.r_cut, cosine=self.cutoff == "cosine", floor=_EXP_FLOOR,
+        )  # fmt: skip
 
     def _periodic(
         self, disp: torch.Tensor, valid: torch.Tensor, channel: torch.Tensor, n_el: int
