@@ -97,10 +97,11 @@ class AdamHopping(SearchAgain):
         "refine_steps": Param(300, "Adam steps refining the best member of each target.", check=non_negative_int),
         "refine_lr": Param(0.01, "Initial step size (Å) of the refinement.", check=positive),
         **SEARCH_PARAMETERS,
-        # Forty searches: on the 50 EMT Pt10 structures (2 cores, the CPU kernels) ten
-        # search seeds recovered 479/500 (95.8 %) at 3.7-6.3 s/structure (mean 4.6), twenty
-        # 472/500 at 2.7-3.6 s (mean 3.1); the released fingerprints 95.7 % below 1e-3 at
-        # 6.1-6.3 s/fingerprint against 92.0 % at 5.2 s. The late finds are not near misses
+        # Forty searches: on the 50 EMT Pt10 structures (2 cores, the whole-cluster kernel)
+        # ten search seeds recovered 480/500 (96.0 %) at 2.5-3.9 s/structure (mean 3.3); with
+        # the per-term kernels before it 479/500 at mean 4.6, and twenty searches 472/500 at
+        # mean 3.1; the released fingerprints 95.7 % below 1e-3 at 3.6 s/fingerprint (per-term
+        # kernels: 95.7 % at 6.1-6.3 s, twenty searches 92.0 %). The late finds are not near misses
         # (their losses after twenty searches were 1.5e-3 to 1.2e-2), so no cheaper rule picks
         # them out. Only targets still above tol pay for the later searches, which share batches.
         "attempts": dataclasses.replace(SEARCH_PARAMETERS["attempts"], default=40),
