@@ -422,7 +422,11 @@ def _maxmin_backward(grad: Any, where: Any, n: int) -> Any:
 
 @_jit
 def _maxmin_last_forward(feats: Any) -> Any:
-    """As :func:`_maxmin_forward` for structures-innermost ``[N, F, B]``: ``[2F, B]`` and the atoms."""
+    """As :func:`_maxmin_forward` for structures-innermost ``[N, F, B]``: ``[2F, B]`` and the atoms.
+
+    The loop body is that of :func:`_maxmin_forward` on purpose: with it in one shared
+    ``@njit`` helper both ran slower (192 x 10 x 190 float32: 127-132 us against 86-88 us
+    here, 162-167 against 144-152 there)."""
     n, n_f, n_b = feats.shape
     out = np.empty((2 * n_f, n_b), dtype=feats.dtype)
     where = np.zeros((2 * n_f, n_b), dtype=np.int64)
