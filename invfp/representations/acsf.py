@@ -596,13 +596,17 @@ class ACSF(Representation):
             return np.ascontiguousarray(t.cpu().numpy(), dtype=np_dtype)
 
         n_f2, n_g5, n_q = self._g2_eta.numel(), self._g5.n, n_el * (n_el + 1) // 2
-        f, c = np.arange(n_f2)[:, None], np.arange(n_el)[None, :]
-        t, q = np.arange(n_g5)[:, None], np.arange(n_q)[None, :]
-        offset = n_f2 * n_el
-        if self._layout == "fung2022":  # parameter-major, channel fastest (see _assemble)
-            col2, col5 = f * n_el + c, offset + t * n_q + q
-        else:
-            col2, col5 = c * n_f2 + f, offset + q * n_g5 + t
+        # Output column of each radial (channel, term) and angular (element pair, term) value,
+        # read off _assemble itself, so that the kernel writes the torch path's layout.
+        n_radial = n_el * n_f2
+        ids = self._assemble(
+            torch.arange(n_radial).reshape(1, 1, n_el, n_f2),
+            torch.arange(n_radial, n_radial + n_q * n_g5).reshape(1, 1, n_q, n_g5),
+        ).reshape(-1)  # column -> value
+        column = torch.empty_like(ids)
+        column[ids] = torch.arange(ids.numel())  # value -> column
+        col2 = column[:n_radial].reshape(n_el, n_f2).T  # [term, channel]
+        col5 = column[n_radial:].reshape(n_q, n_g5).T  # [term, element pair]
         jj, kk = plan["triplets"]
         onehot = plan["pair_onehot"]
         qq = torch.zeros_like(jj) if onehot is None else onehot.argmax(-1)
@@ -612,8 +616,8 @@ class ACSF(Representation):
             iu=ints(iu), ju=ints(ju), ch=ints(channel), col2=ints(col2),
             eta2=floats(eta2), rs2=floats(rs2), eta2_rs=floats(eta2 * rs2), eta5=floats(self._g5.eta),
             jj=ints(jj), kk=ints(kk), qq=ints(qq), zeta=ints(self._g5.zeta_int), lam_of=ints(self._g5.lam_of),
-            lams=floats(self._g5.lam), n_pairs=n_q, col5=ints(col5).reshape(n_g5, n_q),
-            src5=ints(self._g5.flat_idx), n_feats=offset + n_g5 * n_q,
+            lams=floats(self._g5.lam), n_pairs=n_q, col5=ints(col5),
+            src5=ints(self._g5.flat_idx), n_feats=ids.numel(),
             r_cut=self.r_cut, cosine=self.cutoff == "cosine", floor=_EXP_FLOOR,
         )  # fmt: skip
 
