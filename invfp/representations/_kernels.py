@@ -504,13 +504,13 @@ def runs_on(t: torch.Tensor) -> bool:
 def _cluster_geometry(
     x: Any, iu: Any, ju: Any, r_cut: float, cosine: bool, eta2: Any, rs2: Any, eta5: Any, floor: float
 ) -> Any:
-    """Per pair p = (iu[p] < ju[p]) of positions ``x [N, 3, B]``: ``d [P, 3, B]`` = x_j - x_i,
-    ``r``, ``1/r``, f_c and d f_c / dr ``[P, B]``; the unit vectors ``u [N, N, 3, B]`` (zero
+    """Per pair p = (iu[p] < ju[p]) of positions ``x [N, 3, B]``: ``r``, ``1/r``, f_c and
+    d f_c / dr ``[P, B]``; the unit vectors ``u [N, N, 3, B]`` (u[i, j] along x_j - x_i, zero
     beyond the cutoff); and the exponents ``[P, F2 + E, B]`` of the G2 Gaussians
     (-eta (r - R_s)^2) and of the G5 ones (-eta r^2), floored at ``floor``."""
     n, n_b = x.shape[0], x.shape[2]
     n_p, n_f2, n_e = iu.shape[0], eta2.shape[0], eta5.shape[0]
-    d = np.empty((n_p, 3, n_b), dtype=x.dtype)
+    d = np.empty((3, n_b), dtype=x.dtype)  # x_j - x_i of the current pair
     r = np.empty((n_p, n_b), dtype=x.dtype)
     inv_r = np.empty((n_p, n_b), dtype=x.dtype)
     fc = np.empty((n_p, n_b), dtype=x.dtype)
@@ -525,7 +525,7 @@ def _cluster_geometry(
         for b in range(n_b):
             r2[b] = 0.0
         for a in range(3):
-            xi, xj, da = x[i, a], x[j, a], d[p, a]
+            xi, xj, da = x[i, a], x[j, a], d[a]
             for b in range(n_b):
                 v = xj[b] - xi[b]
                 da[b] = v
@@ -545,7 +545,7 @@ def _cluster_geometry(
                 fp[b] = 1.0 + t * t * t * (-10.0 + t * (15.0 - 6.0 * t))
                 dp[b] = -30.0 * t * t * (1.0 - t) * (1.0 - t) / r_cut
         for a in range(3):
-            da, uij, uji = d[p, a], u[i, j, a], u[j, i, a]
+            da, uij, uji = d[a], u[i, j, a], u[j, i, a]
             for b in range(n_b):
                 v = da[b] * ip[b] if rp[b] <= r_cut else 0.0
                 uij[b] = v
@@ -559,7 +559,7 @@ def _cluster_geometry(
             o, e = expo[p, n_f2 + f], -eta5[f]
             for b in range(n_b):
                 o[b] = max(e * rp[b] * rp[b], floor)
-    return d, r, inv_r, fc, dfc, u, expo
+    return r, inv_r, fc, dfc, u, expo
 
 
 @_jit
@@ -621,7 +621,6 @@ def _cluster_backward(
     grad: Any,
     gauss: Any,
     g: Any,
-    d: Any,
     r: Any,
     inv_r: Any,
     fc: Any,
@@ -688,8 +687,10 @@ def _cluster_backward(
                 s0[b] += w
                 s1[b] += w * h
         rp, ip, cp, dp = r[p], inv_r[p], fc[p], dfc[p]
-        for b in range(n_b):  # total d/dr, then d/dr times d r / d d = d / r
-            s0[b] = (2.0 * cp[b] * (s2[b] - rp[b] * s1[b]) + s0[b] * dp[b]) * ip[b]
+        # total d/dr (zero beyond the cutoff, where f_c and its derivative are), times
+        # d r / d (x_j - x_i) = u
+        for b in range(n_b):
+            s0[b] = 2.0 * cp[b] * (s2[b] - rp[b] * s1[b]) + s0[b] * dp[b]
             dot[b] = 0.0
         # unit vectors (zero beyond the cutoff): d u / d d = (1 - u u^T) / r, u_ji = -u_ij
         for a in range(3):
@@ -697,9 +698,9 @@ def _cluster_backward(
             for b in range(n_b):
                 dot[b] += ua[b] * (ga[b] - gb[b])
         for a in range(3):
-            da, ua, ga, gb, xi, xj = d[p, a], u[i, j, a], grad_u[i, j, a], grad_u[j, i, a], grad_x[i, a], grad_x[j, a]
+            ua, ga, gb, xi, xj = u[i, j, a], grad_u[i, j, a], grad_u[j, i, a], grad_x[i, a], grad_x[j, a]
             for b in range(n_b):
-                v = s0[b] * da[b]
+                v = s0[b] * ua[b]
                 if rp[b] <= r_cut:
                     v += (ga[b] - gb[b] - ua[b] * dot[b]) * ip[b]
                 xj[b] += v
@@ -744,14 +745,14 @@ class ClusterACSF(torch.autograd.Function):
     def forward(ctx: Any, positions: torch.Tensor, spec: ClusterSpec) -> torch.Tensor:  # type: ignore[override]
         s = spec
         x = positions.detach().permute(1, 2, 0).contiguous().numpy()
-        d, r, inv_r, fc, dfc, u, gauss = _cluster_geometry(
+        r, inv_r, fc, dfc, u, gauss = _cluster_geometry(
             x, s.iu, s.ju, s.r_cut, s.cosine, s.eta2, s.rs2, s.eta5, s.floor
         )
         torch.from_numpy(gauss).exp_()
         g5 = (s.jj, s.kk, s.qq, s.zeta, s.lam_of, s.lams, s.n_pairs, s.col5, s.src5)
         out, g = _cluster_forward(gauss, fc, u, s.iu, s.ju, s.ch, s.col2, *g5, s.n_feats)
         ctx.inputs = (
-            gauss, g, d, r, inv_r, fc, dfc, u, s.iu, s.ju, s.ch, s.col2, s.eta2, s.eta2_rs, s.eta5, s.r_cut, *g5
+            gauss, g, r, inv_r, fc, dfc, u, s.iu, s.ju, s.ch, s.col2, s.eta2, s.eta2_rs, s.eta5, s.r_cut, *g5
         )  # fmt: skip
         return torch.from_numpy(out).permute(2, 0, 1)
 
